@@ -1,0 +1,39 @@
+#!/usr/bin/env python
+"""Write submissions/submission.csv from the newest run: `python predict.py` (see --help)."""
+
+import argparse
+
+from cifarkit import predict
+from cifarkit.errors import cli
+
+
+def parser():
+    p = argparse.ArgumentParser(
+        description="Predict the hidden test split with a trained checkpoint and write a checked Kaggle "
+                    "submission (id,label).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--checkpoint", default=None, help="checkpoint to use (default: newest run's best.pt)")
+    p.add_argument("--dataset", choices=["cifar10", "cifar100"], default=None,
+                   help="use the newest run of this dataset (default: the newest run of any)")
+    p.add_argument("--output", default="runs", help="folder holding the run folders")
+    p.add_argument("--split-dir", default=None, help="split folder (default: the one the run trained on)")
+    p.add_argument("--data-dir", default="data", help="official CIFAR files, if the split must be rebuilt")
+    p.add_argument("--submission", default="submissions/submission.csv", help="CSV to write")
+    p.add_argument("--label-format", choices=["index", "name"], default="index",
+                   help="integer class labels, or class names (Kaggle CIFAR-10 style)")
+    p.add_argument("--tta", action="store_true", help="average predictions with the horizontally flipped images")
+    p.add_argument("--score", action="store_true", help="also print accuracy against the split's solution.csv")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision (default: on for CUDA, and on CPUs with native bf16)")
+    return p
+
+
+@cli
+def main():
+    predict.run(parser().parse_args())
+
+
+if __name__ == "__main__":
+    main()

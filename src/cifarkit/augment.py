@@ -1,0 +1,88 @@
+"""Augmentation recipes: one table. Batched tensor ops for the on-device loader, albumentations per image.
+
+The batched ops act on a whole uint8 batch already on the training device (no per-image Python):
+random crop = zero padding + a per-image offset gathered by indexing, flip = a per-image mask,
+cutout = a per-image square zeroed after normalisation (zero is the training-set mean).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Recipe:
+    help: str
+    pad: int = 0
+    flip: float = 0.0
+    cutout: int = 0
+    albu: bool = False  # per-image albumentations pipeline through a DataLoader
+
+
+RECIPES = {
+    "none": Recipe("no augmentation"),
+    "flip": Recipe("horizontal flip", flip=0.5),
+    "crop_flip": Recipe("random crop (pad 4) + horizontal flip, batched on the device", pad=4, flip=0.5),
+    "crop_flip_cutout": Recipe("crop_flip + one 12x12 cutout square per image", pad=4, flip=0.5, cutout=12),
+    "albu": Recipe("albumentations per image: shift/scale/rotate, flip, colour jitter, coarse dropout", albu=True),
+}
+
+
+def recipe(name):
+    from .errors import UserError
+
+    if name not in RECIPES:
+        raise UserError(f"unknown augmentation {name!r}: choose from {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def random_crop(x, pad, gen):
+    """Pad a uint8 NCHW batch by `pad` and cut one random HxW window per image."""
+    n, c, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    chan = torch.arange(c, device=x.device)[None, :, None, None]
+    return xp[batch, chan, rows, cols]
+
+
+def random_flip(x, p, gen):
+    flip = (torch.rand(x.shape[0], generator=gen) < p).to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def cutout(x, size, gen):
+    """Zero one size x size square per image (centre anywhere, so squares may be clipped by the border)."""
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n,), generator=gen).to(x.device)
+    cx = torch.randint(0, w, (n,), generator=gen).to(x.device)
+    ys = torch.arange(h, device=x.device)[None, :, None]
+    xs = torch.arange(w, device=x.device)[None, None, :]
+    half = size // 2
+    inside = ((ys - cy[:, None, None]).abs() < half) & ((xs - cx[:, None, None]).abs() < half)
+    return x.masked_fill(inside[:, None], 0)
+
+
+def batch_augment(x, r, gen):
+    """Crop and flip a uint8 batch (cutout comes later, after normalisation)."""
+    if r.pad:
+        x = random_crop(x, r.pad, gen)
+    if r.flip:
+        x = random_flip(x, r.flip, gen)
+    return x
+
+
+def albu_pipeline():
+    """The per-image recipe, for transforms that have no cheap batched form."""
+    import albumentations as A
+
+    return A.Compose([
+        A.Affine(translate_px=(-4, 4), scale=(0.9, 1.1), rotate=(-15, 15), p=0.7),
+        A.HorizontalFlip(p=0.5),
+        A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02, p=0.5),
+        A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(8, 8), hole_width_range=(8, 8), p=0.5),
+    ])

@@ -1,0 +1,96 @@
+"""Batches for training and evaluation.
+
+Default: `DeviceLoader` holds the whole split on the training device as one uint8 tensor and cuts,
+augments and normalises batches with tensor ops (the airbench approach): no workers, no per-image
+Python. `AlbuLoader` is the per-image path (albumentations in DataLoader workers) for recipes
+that need it. Both yield normalised float NCHW batches and int64 labels.
+"""
+
+import numpy as np
+import torch
+
+from .augment import RECIPES, albu_pipeline, batch_augment, cutout
+
+
+def channel_stats(images):
+    """Per-channel mean and std of uint8 NHWC images in [0, 1] units, exact, from 256-bin histograms."""
+    mean, std = [], []
+    levels = np.arange(256) / 255.0
+    for c in range(images.shape[-1]):
+        hist = np.bincount(images[..., c].ravel(), minlength=256).astype(np.float64)
+        m = (hist * levels).sum() / hist.sum()
+        mean.append(float(m))
+        std.append(float(np.sqrt((hist * (levels - m) ** 2).sum() / hist.sum())))
+    return mean, std
+
+
+class Normalize:
+    """uint8 NCHW -> float NCHW with the training set's mean/std (and channels_last when asked)."""
+
+    def __init__(self, mean, std, device, channels_last=False):
+        self.scale = (1 / (255 * torch.tensor(std, device=device))).view(1, -1, 1, 1)
+        self.shift = (torch.tensor(mean, device=device) / torch.tensor(std, device=device)).view(1, -1, 1, 1)
+        self.channels_last = channels_last
+
+    def __call__(self, x):
+        x = x.float() * self.scale - self.shift
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+class DeviceLoader:
+    """The split as one tensor on `device`; a new permutation each epoch; batched augmentation."""
+
+    def __init__(self, images, labels, batch_size, normalize, device, recipe=RECIPES["none"],
+                 shuffle=False, drop_last=False, seed=0):
+        self.x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+        self.y = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+        self.batch_size, self.normalize, self.recipe = batch_size, normalize, recipe
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __len__(self):
+        n = len(self.y)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.y)
+        order = torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)
+        order = order.to(self.x.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.normalize(batch_augment(self.x[idx], self.recipe, self.gen))
+            if self.recipe.cutout:
+                x = cutout(x, self.recipe.cutout, self.gen)
+            yield x, self.y[idx]
+
+
+class _AlbuDataset(torch.utils.data.Dataset):
+    def __init__(self, images, labels):
+        self.images, self.labels, self.transform = images, labels, albu_pipeline()
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(image=self.images[i])["image"], int(self.labels[i])
+
+
+class AlbuLoader:
+    """Per-image albumentations in DataLoader workers, then the same normalisation on the device."""
+
+    def __init__(self, images, labels, batch_size, normalize, device, workers=2, seed=0, drop_last=True):
+        self.gen = torch.Generator().manual_seed(seed)
+        self.loader = torch.utils.data.DataLoader(
+            _AlbuDataset(images, labels), batch_size=batch_size, shuffle=True, drop_last=drop_last,
+            num_workers=workers, generator=self.gen, persistent_workers=workers > 0,
+            pin_memory=torch.device(device).type == "cuda",
+        )
+        self.normalize, self.device = normalize, device
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+            yield self.normalize(x), y.to(self.device, non_blocking=True)

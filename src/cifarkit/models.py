@@ -1,0 +1,210 @@
+"""The model registry: one function and one `@register` line per model; any timm name also works.
+
+Each entry carries its training defaults (epochs, lr, batch size), so `train.py --model X` is
+sensible without flags. Pretrained weights come from the timm hub, or from a local file
+(`--pretrained-file`) that must fit the network except for its classifier.
+"""
+
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import UserError
+
+
+@dataclass
+class Entry:
+    build: callable
+    defaults: dict = field(default_factory=dict)
+    timm_name: str = None  # set for transfer models: pretrained weights come from this timm model
+
+
+MODELS = {}
+
+TRANSFER_DEFAULTS = dict(epochs=10, lr=0.01, batch_size=128, weight_decay=5e-4, aug="crop_flip")
+
+
+def register(timm_name=None, **defaults):
+    def deco(fn):
+        MODELS[fn.__name__] = Entry(fn, defaults, timm_name)
+        return fn
+    return deco
+
+
+def conv_bn(cin, cout):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+@register(epochs=12, lr=0.05, batch_size=128, weight_decay=5e-4, aug="crop_flip", label_smoothing=0.0)
+def simple_cnn(num_classes):
+    """The baseline: a plain VGG-style net (0.3M parameters), the kind a first attempt would use."""
+    return nn.Sequential(
+        conv_bn(3, 32), conv_bn(32, 32), nn.MaxPool2d(2),
+        conv_bn(32, 64), conv_bn(64, 64), nn.MaxPool2d(2),
+        conv_bn(64, 128), conv_bn(128, 128), nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.1), nn.Linear(128, num_classes),
+    )
+
+
+class ConvGroup(nn.Module):
+    """conv -> pool -> BN -> GELU -> conv -> BN -> GELU: pooling early halves the cost of the second conv."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout, momentum=0.4)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout, momentum=0.4)
+        for conv in (self.conv1, self.conv2):  # identity-like start: each conv first passes its input on
+            w = conv.weight.data
+            nn.init.dirac_(w[: w.size(1)])
+
+    def forward(self, x):
+        x = F.gelu(self.bn1(F.max_pool2d(self.conv1(x), 2)))
+        return F.gelu(self.bn2(self.conv2(x)))
+
+
+class FastNet(nn.Module):
+    """An airbench-class net: a frozen patch-whitening stem set from the data, three conv groups.
+
+    The whitening stem decorrelates 2x2 pixel patches, so the first layers need not learn it;
+    `init_from_data` sets it from training images before the first step.
+    """
+
+    def __init__(self, num_classes, widths=(64, 256, 256), whiten_width=24):
+        super().__init__()
+        self.whiten = nn.Conv2d(3, whiten_width, 2, padding=0, bias=True)
+        self.groups = nn.Sequential(
+            ConvGroup(whiten_width, widths[0]), ConvGroup(widths[0], widths[1]), ConvGroup(widths[1], widths[2])
+        )
+        self.head = nn.Linear(widths[2], num_classes, bias=False)
+        self.logit_scale = 1 / 9
+
+    @torch.no_grad()
+    def init_from_data(self, images, eps=5e-4):
+        """Whitening filters from the eigenvectors of the 2x2 patch covariance (and their negatives)."""
+        patches = images.float().unfold(2, 2, 1).unfold(3, 2, 1)  # N,C,H',W',2,2
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 12)
+        patches = patches - patches.mean(0)
+        cov = patches.T @ patches / len(patches)
+        evals, evecs = torch.linalg.eigh(cov)
+        filters = (evecs.T / torch.sqrt(evals + eps)[:, None]).flip(0).reshape(12, 3, 2, 2)
+        half = self.whiten.out_channels // 2
+        self.whiten.weight.copy_(torch.cat([filters[:half], -filters[:half]]))
+        self.whiten.bias.zero_()
+        self.whiten.weight.requires_grad_(False)
+
+    def forward(self, x):
+        x = F.gelu(self.whiten(x))
+        x = self.groups(x)
+        x = F.adaptive_max_pool2d(x, 1).flatten(1)
+        return self.head(x) * self.logit_scale
+
+
+@register(epochs=10, lr=0.2, batch_size=256, weight_decay=5e-4, aug="crop_flip", label_smoothing=0.2, ema=True)
+def fast_cnn(num_classes):
+    """Fast scratch net for GPUs and longer CPU budgets (2.0M parameters)."""
+    return FastNet(num_classes, widths=(64, 256, 256))
+
+
+@register(epochs=10, lr=0.2, batch_size=256, weight_decay=5e-4, aug="crop_flip", label_smoothing=0.2, ema=True)
+def fast_cnn_s(num_classes):
+    """The same design at about half the compute, for CPU budgets (1.2M parameters)."""
+    return FastNet(num_classes, widths=(64, 128, 256))
+
+
+@register(timm_name="resnet18", **TRANSFER_DEFAULTS)
+def resnet18(num_classes):
+    """timm ResNet18 with the max-pool removed from its stem, so 32-px inputs keep a 16x16 map after it.
+
+    The stock stem shrinks a 32-px image to 8x8 before the first block; upsampling to 128 px costs
+    11x the compute. Dropping the max-pool keeps conv1 as it is, so ImageNet files load unchanged
+    (see README, 'Why this ResNet18 stem', and benchmarks/resnet18_stem.py).
+    """
+    import timm
+
+    model = timm.create_model("resnet18", num_classes=num_classes)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def list_models():
+    return sorted(MODELS)
+
+
+def entry(name):
+    """The registry entry for `name`, or a transfer entry for any other timm model name."""
+    if name in MODELS:
+        return MODELS[name]
+    import timm
+
+    if name in timm.list_models():
+        return Entry(lambda num_classes: timm.create_model(name, num_classes=num_classes), dict(TRANSFER_DEFAULTS), name)
+    raise UserError(f"unknown model {name!r}: ours are {', '.join(list_models())}, or give any timm model name")
+
+
+def create(name, num_classes, pretrained=False, pretrained_file=None):
+    """Build a model; with `pretrained`, load ImageNet weights from `pretrained_file` or the timm hub."""
+    e = entry(name)
+    model = e.build(num_classes)
+    if not pretrained:
+        return model
+    if e.timm_name is None:
+        raise UserError(f"{name} is a scratch model with no pretrained weights: drop --pretrained-file")
+    state = read_weights(pretrained_file) if pretrained_file else _hub_weights(e.timm_name)
+    load_backbone(model, state, f"{pretrained_file or 'hub weights'}", e.timm_name)
+    return model
+
+
+def _hub_weights(timm_name):
+    import timm
+
+    try:
+        return timm.create_model(timm_name, pretrained=True).state_dict()
+    except Exception as e:  # offline, hub refused, cache unwritable: same remedy
+        raise UserError(
+            f"cannot fetch ImageNet weights for {timm_name} from the timm hub ({type(e).__name__}); "
+            f"offline, pass --pretrained-file PATH (a timm or torchvision {timm_name} file), or --no-pretrained"
+        ) from None
+
+
+def read_weights(path):
+    """Read a weights file with timm's loader: torch.load(weights_only=True) or safetensors, wrappers removed."""
+    from timm.models import load_state_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"pretrained file {path} not found")
+    try:
+        state = load_state_dict(str(path))
+    except pickle.UnpicklingError:
+        raise UserError(f"{path}: refused, it holds pickled objects beyond plain weights (unsafe to load)") from None
+    except Exception as e:
+        raise UserError(f"{path}: not a readable weights file ({type(e).__name__})") from None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise UserError(f"{path}: not a state dict of tensors")
+    return state
+
+
+def load_backbone(model, state, source, timm_name):
+    """Load every weight but the classifier; refuse a file that does not fit instead of half-loading it."""
+    head = model.pretrained_cfg.get("classifier", "fc") if hasattr(model, "pretrained_cfg") else "fc"
+    heads = (head,) if isinstance(head, str) else tuple(head)
+
+    def is_head(k):
+        return any(k.startswith(h + ".") for h in heads)
+
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if not is_head(k)}
+    missing = [k for k in own if k not in state and not is_head(k) and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        problems = [f"{len(x)} {what} (e.g. {x[0]})" for x, what in
+                    ((missing, "weights missing"), (unexpected, "unexpected keys"), (wrong, "shapes differ")) if x]
+        raise UserError(f"{source} is not a {timm_name} weights file: {'; '.join(problems)}")
+    model.load_state_dict(state, strict=False)

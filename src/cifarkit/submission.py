@@ -1,0 +1,89 @@
+"""Kaggle submission CSV (`id,label`): write atomically, and check it before anyone uploads it.
+
+`python -m cifarkit.submission check FILE` runs the same check on its own.
+"""
+
+import argparse
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from .atomic import atomic_path
+from .errors import UserError, cli
+
+_INT = re.compile(r"^\d+$")
+
+
+def write(path, labels, num_classes, classes=None):
+    """Write `id,label` rows (integer labels, or class names when `classes` is given).
+
+    The check runs on the temporary file, so an invalid submission never replaces a valid one.
+    """
+    labels = [classes[i] for i in labels] if classes else [int(i) for i in labels]
+    with atomic_path(path) as tmp:
+        pd.DataFrame({"id": range(len(labels)), "label": labels}).to_csv(tmp, index=False)
+        check(tmp, len(labels), num_classes=num_classes, classes=classes)
+
+
+def check(path, rows, num_classes=None, classes=None):
+    """Raise UserError naming the first problem; return the parsed frame if the file is valid."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a readable CSV ({type(e).__name__})") from None
+    if list(df.columns) != ["id", "label"]:
+        raise UserError(f"{path}: header must be exactly 'id,label', found {','.join(map(str, df.columns))!r}")
+    if len(df) != rows:
+        raise UserError(f"{path}: {len(df)} rows, expected {rows}")
+    bad = df.index[~df["id"].str.fullmatch(_INT)]
+    if len(bad):
+        raise UserError(f"{path}: id {df['id'][bad[0]]!r} on row {bad[0] + 1} is not a whole number")
+    ids = df["id"].astype(int)
+    if ids.duplicated().any():
+        raise UserError(f"{path}: id {ids[ids.duplicated()].iloc[0]} appears more than once")
+    wrong = ids.index[ids.values != range(rows)]
+    if len(wrong):
+        raise UserError(f"{path}: row {wrong[0] + 1} has id {ids[wrong[0]]}, expected {wrong[0]} (ids 0..{rows - 1} in order)")
+    labels = df["label"]
+    if classes is not None:
+        unknown = labels.index[~labels.isin(classes)]
+        if len(unknown):
+            raise UserError(f"{path}: label {labels[unknown[0]]!r} on row {unknown[0] + 1} is not a class name")
+        return df
+    bad = labels.index[~labels.str.fullmatch(_INT)]
+    if len(bad):
+        raise UserError(f"{path}: label {labels[bad[0]]!r} on row {bad[0] + 1} is not a whole number")
+    if num_classes is not None:
+        out = labels.index[labels.astype(int) >= num_classes]
+        if len(out):
+            raise UserError(f"{path}: label {labels[out[0]]} on row {out[0] + 1} is out of range 0..{num_classes - 1}")
+    return df
+
+
+@cli
+def main(argv=None):
+    from . import split
+
+    p = argparse.ArgumentParser(prog="python -m cifarkit.submission",
+                                description="Check a submission CSV against a split before uploading it.")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check", help="check FILE: header, one row per test id in order, labels in range")
+    c.add_argument("file")
+    c.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar100",
+                   help="the split it answers (default: cifar100)")
+    c.add_argument("--split-dir", default=None, help="split folder (default: data/<dataset>)")
+    c.add_argument("--label-format", choices=["index", "name"], default="index",
+                   help="labels as class indices (default) or class names")
+    args = p.parse_args(argv)
+    m = split.read_manifest(args.split_dir or split.default_split_dir(args.dataset))
+    classes = m["classes"] if args.label_format == "name" else None
+    check(args.file, m["counts"]["test"], num_classes=len(m["classes"]), classes=classes)
+    print(f"{args.file}: valid ({m['counts']['test']} rows, {len(m['classes'])} classes)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""Train a CIFAR classifier: `python train.py --model resnet18` (see --help)."""
+
+import argparse
+
+from cifarkit import models, train
+from cifarkit.augment import RECIPES
+from cifarkit.errors import cli
+from cifarkit.split import add_split_args
+
+
+def parser():
+    p = argparse.ArgumentParser(
+        description="Train a CIFAR classifier on the Kaggle-style split (built on first use). "
+                    "Unset flags take the model's own defaults (see --list-models).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default="resnet18",
+                   help="a registry name (see --list-models) or any timm model name")
+    p.add_argument("--list-models", action="store_true", help="list our models with their defaults and exit")
+    add_split_args(p)
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                   help="start from ImageNet weights (default: yes for timm models, which download them; "
+                        "no for scratch models)")
+    p.add_argument("--pretrained-file", default=None,
+                   help="local ImageNet weights (.pth/.safetensors, timm or torchvision layout; a file "
+                        "without the classifier is fine): use this offline")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the model's)")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds of training; the schedule is fitted to it and --epochs is ignored")
+    p.add_argument("-b", "--batch-size", type=int, default=None, help="batch size (default: the model's)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate, SGD+Nesterov (default: the model's)")
+    p.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: the model's)")
+    p.add_argument("--label-smoothing", type=float, default=None, help="label smoothing (default: the model's)")
+    p.add_argument("--model-ema", dest="ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="evaluate and save an exponential moving average of the weights (default: the model's)")
+    p.add_argument("--aug", choices=list(RECIPES), default=None,
+                   help="augmentation: " + "; ".join(f"{k}: {r.help}" for k, r in RECIPES.items())
+                        + " (default: the model's, crop_flip for all of ours)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="mixed precision (default: on for CUDA, and on CPUs with native bf16)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last memory format (faster on CUDA and on this project's CPUs)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for --aug albu")
+    p.add_argument("--output", default="runs", help="folder for run folders")
+    p.add_argument("--experiment", default=None,
+                   help="run folder name (default: <dataset>-<model>-<date-time>)")
+    return p
+
+
+@cli
+def main():
+    args = parser().parse_args()
+    if args.list_models:
+        for name in models.list_models():
+            e = models.MODELS[name]
+            print(f"{name:12s} {'ImageNet-pretrained' if e.timm_name else 'scratch':20s} "
+                  + " ".join(f"{k}={v}" for k, v in e.defaults.items()))
+        print("any other timm model name works too (pretrained, with resnet18's defaults)")
+        return
+    train.fit(args)
+
+
+if __name__ == "__main__":
+    main()
