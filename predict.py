@@ -31,8 +31,8 @@ def parser():
 
 
 @cli
-def main():
-    predict.run(parser().parse_args())
+def main(argv=None):
+    predict.run(parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -50,8 +50,8 @@ def parser():
 
 
 @cli
-def main():
-    args = parser().parse_args()
+def main(argv=None):
+    args = parser().parse_args(argv)
     if args.list_models:
         for name in models.list_models():
             e = models.MODELS[name]

@@ -62,8 +62,9 @@ def cutout(x, size, gen):
     cx = torch.randint(0, w, (n,), generator=gen).to(x.device)
     ys = torch.arange(h, device=x.device)[None, :, None]
     xs = torch.arange(w, device=x.device)[None, None, :]
-    half = size // 2
-    inside = ((ys - cy[:, None, None]).abs() < half) & ((xs - cx[:, None, None]).abs() < half)
+    dy = ys - cy[:, None, None] + size // 2
+    dx = xs - cx[:, None, None] + size // 2
+    inside = (dy >= 0) & (dy < size) & (dx >= 0) & (dx < size)
     return x.masked_fill(inside[:, None], 0)
 
 

@@ -173,21 +173,28 @@ def _hub_weights(timm_name):
 
 
 def read_weights(path):
-    """Read a weights file with timm's loader: torch.load(weights_only=True) or safetensors, wrappers removed."""
-    from timm.models import load_state_dict
-
+    """Read weights without running code: torch.load(weights_only=True), or safetensors; wrappers removed."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"pretrained file {path} not found")
     try:
-        state = load_state_dict(str(path))
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise UserError(f"{path}: refused, it holds pickled objects beyond plain weights (unsafe to load)") from None
-    except Exception as e:
+    except Exception as e:  # truncated zip, not a torch file, bad header
         raise UserError(f"{path}: not a readable weights file ({type(e).__name__})") from None
+    for key in ("state_dict_ema", "state_dict", "model"):  # timm and common training-script wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise UserError(f"{path}: not a state dict of tensors")
-    return state
+    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 def load_backbone(model, state, source, timm_name):

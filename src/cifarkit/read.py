@@ -83,6 +83,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 writes bytes in protocol-2 pickles (re-saved copies)
     }
 
     def find_class(self, module, name):
@@ -163,6 +164,8 @@ def locate(data_dir, dataset, download=True):
         if _looks_like(candidate, src):
             return candidate
     archive = data_dir / src.archive
+    if (data_dir / src.folder).is_dir() and not archive.is_file():
+        raise UserError(f"{data_dir / src.folder}: {src.meta_file} missing (incomplete copy of {src.title}?)")
     if not archive.is_file() and download:
         _download(src, data_dir)
     if archive.is_file():
@@ -188,13 +191,20 @@ def _download(src, data_dir):
         ) from None
 
 
+def _strict_data_filter(member, dest):
+    """tarfile's 'data' filter, but refusing absolute names instead of quietly stripping the '/'."""
+    if member.name.startswith(("/", "\\")):
+        raise tarfile.AbsolutePathError(member)
+    return tarfile.data_filter(member, dest)
+
+
 def extract(archive, data_dir, folder):
     """Unpack with tarfile's 'data' filter (no paths out of the target, no links out, no devices)."""
     data_dir = Path(data_dir)
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=data_dir))
     try:
         with tarfile.open(archive, "r:*") as tar:
-            tar.extractall(tmp, filter="data")
+            tar.extractall(tmp, filter=_strict_data_filter)
         if not (tmp / folder).is_dir():
             raise UserError(f"{archive}: no {folder}/ inside the archive")
         (tmp / folder).rename(data_dir / folder)

@@ -4,6 +4,7 @@
 """
 
 import argparse
+import io
 import re
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pandas as pd
 from .atomic import atomic_path
 from .errors import UserError, cli
 
-_INT = re.compile(r"^\d+$")
+_INT = re.compile(r"0|[1-9][0-9]*")  # canonical non-negative integers, ASCII digits only
 
 
 def write(path, labels, num_classes, classes=None):
@@ -30,10 +31,21 @@ def check(path, rows, num_classes=None, classes=None):
     """Raise UserError naming the first problem; return the parsed frame if the file is valid."""
     path = Path(path)
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+    # pandas forgives blank lines and stray carriage returns; an upload parser may not, so refuse them here
+    lines = text.replace("\r\n", "\n").split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    for i, line in enumerate(lines):
+        if line == "" or "\r" in line:
+            raise UserError(f"{path}: line {i + 1} is blank or holds a stray carriage return")
+    try:
+        df = pd.read_csv(io.StringIO("\n".join(lines)), dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise UserError(f"{path}: not a readable CSV ({type(e).__name__})") from None
     if list(df.columns) != ["id", "label"]:
         raise UserError(f"{path}: header must be exactly 'id,label', found {','.join(map(str, df.columns))!r}")
@@ -41,7 +53,7 @@ def check(path, rows, num_classes=None, classes=None):
         raise UserError(f"{path}: {len(df)} rows, expected {rows}")
     bad = df.index[~df["id"].str.fullmatch(_INT)]
     if len(bad):
-        raise UserError(f"{path}: id {df['id'][bad[0]]!r} on row {bad[0] + 1} is not a whole number")
+        raise UserError(f"{path}: id {df['id'][bad[0]]!r} on row {bad[0] + 1} is not a whole number (canonical, no sign or leading zeros)")
     ids = df["id"].astype(int)
     if ids.duplicated().any():
         raise UserError(f"{path}: id {ids[ids.duplicated()].iloc[0]} appears more than once")
@@ -56,7 +68,7 @@ def check(path, rows, num_classes=None, classes=None):
         return df
     bad = labels.index[~labels.str.fullmatch(_INT)]
     if len(bad):
-        raise UserError(f"{path}: label {labels[bad[0]]!r} on row {bad[0] + 1} is not a whole number")
+        raise UserError(f"{path}: label {labels[bad[0]]!r} on row {bad[0] + 1} is not a whole number (canonical, no sign or leading zeros)")
     if num_classes is not None:
         out = labels.index[labels.astype(int) >= num_classes]
         if len(out):

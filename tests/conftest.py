@@ -1,0 +1,120 @@
+"""Tiny CIFAR-format data in the official pickle layout, written by the tests themselves.
+
+Images carry a learnable signal (a colour and a bright quadrant per class, plus noise), so a short
+training run must beat chance clearly: a broken loop, loader or label pipeline fails the tests.
+"""
+
+import importlib.util
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_images(labels, num_classes, seed):
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    palette = np.random.default_rng(1234).integers(40, 216, size=(num_classes, 3))
+    img = rng.normal(0, 25, size=(n, 32, 32, 3)) + palette[labels][:, None, None, :]
+    quadrant = labels % 4
+    for q in range(4):
+        sel = quadrant == q
+        r, c = divmod(q, 2)
+        img[sel, r * 16:(r + 1) * 16, c * 16:(c + 1) * 16, :] += 60
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def to_official(images):
+    """NHWC uint8 -> the official (N, 3072) row layout: all red, then green, then blue, row-major."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2).reshape(len(images), 3072))
+
+
+def dump(path, obj):
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+def write_cifar10(root, train_per_class=12, test_per_class=4, seed=0):
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    labels = np.repeat(np.arange(10), train_per_class)
+    np.random.default_rng(seed).shuffle(labels)
+    images = make_images(labels, 10, seed)
+    for i, part in enumerate(np.array_split(np.arange(len(labels)), 5), start=1):
+        dump(folder / f"data_batch_{i}", {
+            b"batch_label": f"training batch {i} of 5".encode(), b"labels": labels[part].tolist(),
+            b"data": to_official(images[part]), b"filenames": [f"img_{j}.png".encode() for j in part]})
+    test_labels = np.tile(np.arange(10), test_per_class)
+    dump(folder / "test_batch", {
+        b"batch_label": b"testing batch 1 of 1", b"labels": test_labels.tolist(),
+        b"data": to_official(make_images(test_labels, 10, seed + 1)),
+        b"filenames": [f"test_{j}.png".encode() for j in range(len(test_labels))]})
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    dump(folder / "batches.meta", {b"num_cases_per_batch": 10000, b"label_names": names, b"num_vis": 3072})
+    return folder
+
+
+def write_cifar100(root, train_per_class=6, test_per_class=2, seed=0):
+    folder = Path(root) / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for name, per_class, s in (("train", train_per_class, seed), ("test", test_per_class, seed + 1)):
+        labels = np.repeat(np.arange(100), per_class)
+        np.random.default_rng(s).shuffle(labels)
+        dump(folder / name, {
+            b"filenames": [f"{name}_{j}.png".encode() for j in range(len(labels))],
+            b"batch_label": f"{name} batch".encode(), b"fine_labels": labels.tolist(),
+            b"coarse_labels": (labels // 5).tolist(), b"data": to_official(make_images(labels, 100, s))})
+    dump(folder / "meta", {b"fine_label_names": [f"class{i:03d}".encode() for i in range(100)],
+                           b"coarse_label_names": [f"super{i:02d}".encode() for i in range(20)]})
+    return folder
+
+
+@pytest.fixture
+def cifar10_dir(tmp_path):
+    return write_cifar10(tmp_path / "src")
+
+
+@pytest.fixture
+def cifar100_dir(tmp_path):
+    return write_cifar100(tmp_path / "src")
+
+
+def load_script(name):
+    """Import train.py / predict.py from the repo root as modules, to call their main(argv)."""
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def train_main():
+    return load_script("train").main
+
+
+@pytest.fixture
+def predict_main():
+    return load_script("predict").main
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    """Every test runs in its own folder, so data/, runs/ and submissions/ never touch the repo."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(ROOT))
+    sys.dont_write_bytecode = True
+
+
+def run_cli(main, argv, capsys):
+    """Run a CLI main(argv); return (exit code, stdout, stderr)."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -1,0 +1,85 @@
+import numpy as np
+import torch
+
+from cifarkit.augment import RECIPES, cutout, random_crop, random_flip
+from cifarkit.loader import DeviceLoader, Normalize, channel_stats
+
+
+def batch(n=64):
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(1, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+
+
+def test_crop_keeps_shape_dtype_and_stays_inside_padded_image():
+    x = batch()
+    out = random_crop(x, 4, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(len(x)):  # each output is exactly one 32x32 window of its own padded image
+        windows = padded[i].unfold(1, 32, 1).unfold(2, 32, 1)  # C, 9, 9, 32, 32
+        match = (windows == out[i][:, None, None]).all(dim=(0, 3, 4))
+        assert match.any(), f"image {i} is not a window of its padded source"
+
+
+def test_crop_offsets_cover_the_range():
+    x = torch.zeros(2000, 1, 32, 32, dtype=torch.uint8)
+    x[:, :, 0, 0] = 255  # mark the top-left pixel; where it lands tells the offset
+    out = random_crop(x, 4, torch.Generator().manual_seed(2))
+    pos = [tuple(np.argwhere(o[0].numpy() == 255)[0]) if (o == 255).any() else None for o in out]
+    seen = {p for p in pos if p is not None}
+    assert seen == {(r, c) for r in range(5) for c in range(5)}  # shifts 0..4 keep the marker visible
+
+
+def test_flip_rate_and_content():
+    x = batch(4000)
+    out = random_flip(x, 0.5, torch.Generator().manual_seed(3))
+    flipped = (out == x.flip(3)).flatten(1).all(1)
+    same = (out == x).flatten(1).all(1)
+    assert bool((flipped | same).all())
+    assert 0.45 < flipped.float().mean().item() < 0.55
+
+
+def test_cutout_zeroes_one_square_per_image():
+    x = torch.ones(500, 3, 32, 32)
+    out = cutout(x, 8, torch.Generator().manual_seed(4))
+    zeros = (out == 0).all(1).flatten(1).sum(1)
+    assert zeros.max().item() == 64 and zeros.min().item() > 0  # full 8x8, or clipped at the border
+    assert ((out == 0) | (out == 1)).all()
+
+
+def loader(seed=0, recipe="crop_flip", n=100, bs=16):
+    images = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(n) % 10
+    mean, std = channel_stats(images)
+    norm = Normalize(mean, std, "cpu")
+    return images, labels, DeviceLoader(images, labels, bs, norm, "cpu", RECIPES[recipe], shuffle=True, seed=seed)
+
+
+def test_loader_covers_every_image_once_per_epoch_with_labels_aligned():
+    images, labels, dl = loader(recipe="none", n=100, bs=16)
+    mean, std = channel_stats(images)
+    seen = []
+    for x, y in dl:
+        assert x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32)
+        raw = (x * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)) * 255
+        raw = raw.round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        for img, lab in zip(raw, y.numpy()):
+            idx = int(np.flatnonzero((images == img).all(axis=(1, 2, 3)))[0])
+            assert labels[idx] == lab
+            seen.append(idx)
+    assert sorted(seen) == list(range(100))
+
+
+def test_same_seed_same_batches_other_seed_other_batches():
+    a = [x for x, _ in loader(seed=7)[2]]
+    b = [x for x, _ in loader(seed=7)[2]]
+    c = [x for x, _ in loader(seed=8)[2]]
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    assert not all(torch.equal(p, q) for p, q in zip(a, c))
+
+
+def test_channel_stats_exact():
+    images = np.random.default_rng(1).integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)
+    mean, std = channel_stats(images)
+    ref = images.reshape(-1, 3) / 255.0
+    assert np.allclose(mean, ref.mean(0)) and np.allclose(std, ref.std(0))
