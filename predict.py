@@ -24,6 +24,11 @@ def parser():
                    help="integer class labels, or class names (Kaggle CIFAR-10 style)")
     p.add_argument("--tta", action="store_true", help="average predictions with the horizontally flipped images")
     p.add_argument("--score", action="store_true", help="also print accuracy against the split's solution.csv")
+    p.add_argument("--report", action="store_true",
+                   help="CIFAR-10: also write the build-vs-buy report (accuracy with 95%% CI and test against the "
+                        "vendor's 70%%, gap to the state of the art, per-class accuracy, confusion matrix, cost, "
+                        "robustness under corruptions, recommendation) with its figures")
+    p.add_argument("--report-dir", default="reports", help="where --report writes")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (default: on for CUDA, and on CPUs with native bf16)")

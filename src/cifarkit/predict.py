@@ -11,6 +11,8 @@ from . import checkpoint, models, runtime, split, submission
 from .errors import UserError
 from .loader import DeviceLoader, Normalize
 
+BATCH = 512
+
 
 @torch.no_grad()
 def logits(model, loader, device, amp=None, tta=False):
@@ -61,8 +63,12 @@ def run(args):
         raise UserError(f"{path} was trained with other classes than the split in {split_dir}/")
     model = load_model(ckpt, device)
     norm = Normalize(ckpt["mean"], ckpt["std"], device, channels_last=True)
-    loader = DeviceLoader(s["test_images"], s["test_labels"], 512, norm, device)
-    labels = logits(model, loader, device, amp, args.tta).argmax(1).cpu().numpy()
+
+    def predict_images(images):
+        loader = DeviceLoader(images, np.zeros(len(images), dtype=np.int64), BATCH, norm, device)
+        return logits(model, loader, device, amp, args.tta).argmax(1).cpu().numpy()
+
+    labels = predict_images(s["test_images"])
     classes = ckpt["classes"] if args.label_format == "name" else None
     submission.write(args.submission, labels, len(ckpt["classes"]), classes)
     print(f"wrote {args.submission}: {len(labels)} rows, checked (ids 0..{len(labels) - 1}, "
@@ -71,14 +77,53 @@ def run(args):
     if args.score:
         acc = score(labels, split_dir / "solution.csv")
         print(f"test accuracy {acc:.4f} ({int(round(acc * len(labels)))}/{len(labels)}) against {split_dir / 'solution.csv'}")
+    if args.report:
+        write_report(args, path, ckpt, model, predict_images, s["test_images"], labels, split_dir, device)
     return labels
 
 
-def score(labels, solution_path):
+def write_report(args, path, ckpt, model, predict_images, images, preds, split_dir, device):
+    """The CIFAR-10 build-vs-buy report: accuracy with its uncertainty, cost, robustness, a rule-made verdict."""
+    from . import report
+
+    if ckpt["dataset"] != "cifar10":
+        raise UserError("--report compares with CIFAR-10 figures: use a cifar10 run (--dataset cifar10)")
+    truth = _solution(split_dir / "solution.csv", len(preds))
+    corrupted = {}
+    for name in report.CORRUPTIONS:
+        print(f"robustness: {name} ...", flush=True)
+        corrupted[name] = float(np.mean(predict_images(report.corrupt(images, name)) == truth))
+    speed = report.throughput(predict_images, images)
+    log_path = path.parent / "log.csv"
+    if not log_path.is_file():
+        raise UserError(f"{log_path} missing: the report needs the run's log for its cost and curves")
+    run = dict(model=ckpt["model"], params=sum(p.numel() for p in model.parameters()),
+               size_bytes=path.stat().st_size, device=ckpt.get("device", "unknown"), log=pd.read_csv(log_path))
+    timing = dict(images_per_s=speed, device=_device_name(device), batch=BATCH)
+    out, summary = report.build_vs_buy(args.report_dir, labels=truth, preds=preds, classes=ckpt["classes"],
+                                       corrupted=corrupted, run=run, timing=timing)
+    print("\n".join(summary))
+    print(f"wrote {out} and its figures")
+
+
+def _device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import os
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _solution(path, rows):
     try:
-        truth = pd.read_csv(solution_path)["label"].to_numpy()
+        truth = pd.read_csv(path)["label"].to_numpy()
     except (OSError, KeyError, pd.errors.ParserError) as e:
-        raise UserError(f"cannot score: {solution_path} unreadable ({type(e).__name__})") from None
-    if len(truth) != len(labels):
-        raise UserError(f"cannot score: {solution_path} has {len(truth)} rows, predictions {len(labels)}")
-    return float(np.mean(np.asarray(labels) == truth))
+        raise UserError(f"cannot score: {path} unreadable ({type(e).__name__})") from None
+    if len(truth) != rows:
+        raise UserError(f"cannot score: {path} has {len(truth)} rows, predictions {rows}")
+    return truth
+
+
+def score(labels, solution_path):
+    return float(np.mean(np.asarray(labels) == _solution(solution_path, len(labels))))
