@@ -43,6 +43,11 @@ def parser():
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels_last memory format (faster on CUDA and on this project's CPUs)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for --aug albu")
+    p.add_argument("--resume", nargs="?", const="newest", default=None, metavar="PATH",
+                   help="continue an interrupted run from its last.pt (a file or run folder; alone: the newest "
+                        "run under --output); the run's own settings are used, other flags are ignored")
+    p.add_argument("--checkpoint-interval", type=int, default=0, metavar="STEPS",
+                   help="also save last.pt every STEPS training steps (0: only at epoch ends)")
     p.add_argument("--output", default="runs", help="folder for run folders")
     p.add_argument("--experiment", default=None,
                    help="run folder name (default: <dataset>-<model>-<date-time>)")

@@ -37,30 +37,42 @@ class Normalize:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
+def generator(seed, epoch, batch=-1):
+    """A generator determined by (seed, epoch, batch) alone, so any batch can be re-made after a resume."""
+    return torch.Generator().manual_seed(hash((seed, epoch, batch)) & (2**63 - 1))
+
+
 class DeviceLoader:
-    """The split as one tensor on `device`; a new permutation each epoch; batched augmentation."""
+    """The split as one tensor on `device`; a new permutation each epoch; batched augmentation.
+
+    Shuffling and augmentation depend only on (seed, epoch, batch index): `batches(epoch, start)`
+    re-makes exactly the batches an interrupted run had not yet seen.
+    """
 
     def __init__(self, images, labels, batch_size, normalize, device, recipe=RECIPES["none"],
                  shuffle=False, drop_last=False, seed=0):
         self.x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
         self.y = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         self.batch_size, self.normalize, self.recipe = batch_size, normalize, recipe
-        self.shuffle, self.drop_last = shuffle, drop_last
-        self.gen = torch.Generator().manual_seed(seed)
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
 
     def __len__(self):
         n = len(self.y)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
+        return self.batches(0)
+
+    def batches(self, epoch, start=0):
         n = len(self.y)
-        order = torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)
+        order = torch.randperm(n, generator=generator(self.seed, epoch)) if self.shuffle else torch.arange(n)
         order = order.to(self.x.device)
-        for i in range(len(self)):
+        for i in range(start, len(self)):
+            gen = generator(self.seed, epoch, i)
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.normalize(batch_augment(self.x[idx], self.recipe, self.gen))
+            x = self.normalize(batch_augment(self.x[idx], self.recipe, gen))
             if self.recipe.cutout:
-                x = cutout(x, self.recipe.cutout, self.gen)
+                x = cutout(x, self.recipe.cutout, gen)
             yield x, self.y[idx]
 
 
@@ -76,21 +88,27 @@ class _AlbuDataset(torch.utils.data.Dataset):
 
 
 class AlbuLoader:
-    """Per-image albumentations in DataLoader workers, then the same normalisation on the device."""
+    """Per-image albumentations in DataLoader workers, then the same normalisation on the device.
+
+    Each epoch's shuffle and worker seeds come from (seed, epoch); resuming mid-epoch re-runs and
+    drops the batches already seen (correct, but not free).
+    """
 
     def __init__(self, images, labels, batch_size, normalize, device, workers=2, seed=0, drop_last=True):
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator()
         self.loader = torch.utils.data.DataLoader(
             _AlbuDataset(images, labels), batch_size=batch_size, shuffle=True, drop_last=drop_last,
-            num_workers=workers, generator=self.gen, persistent_workers=workers > 0,
-            pin_memory=torch.device(device).type == "cuda",
+            num_workers=workers, generator=self.gen, pin_memory=torch.device(device).type == "cuda",
         )
-        self.normalize, self.device = normalize, device
+        self.normalize, self.device, self.seed = normalize, device, seed
 
     def __len__(self):
         return len(self.loader)
 
-    def __iter__(self):
-        for x, y in self.loader:
+    def batches(self, epoch, start=0):
+        self.gen.manual_seed(hash((self.seed, epoch)) & (2**63 - 1))
+        for i, (x, y) in enumerate(self.loader):
+            if i < start:
+                continue
             x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
             yield self.normalize(x), y.to(self.device, non_blocking=True)

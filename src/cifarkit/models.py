@@ -78,6 +78,7 @@ class FastNet(nn.Module):
     def __init__(self, num_classes, widths=(64, 256, 256), whiten_width=24):
         super().__init__()
         self.whiten = nn.Conv2d(3, whiten_width, 2, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)  # set from data, never trained
         self.groups = nn.Sequential(
             ConvGroup(whiten_width, widths[0]), ConvGroup(widths[0], widths[1]), ConvGroup(widths[1], widths[2])
         )
@@ -96,7 +97,6 @@ class FastNet(nn.Module):
         half = self.whiten.out_channels // 2
         self.whiten.weight.copy_(torch.cat([filters[:half], -filters[:half]]))
         self.whiten.bias.zero_()
-        self.whiten.weight.requires_grad_(False)
 
     def forward(self, x):
         x = F.gelu(self.whiten(x))

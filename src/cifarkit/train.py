@@ -3,8 +3,13 @@
 Defaults come from the model's registry entry; flags override them. The learning rate follows a
 linear warm-up and linear decay over training progress, where progress is steps done / steps
 planned, or, with a time budget, seconds spent / seconds allowed: the same schedule fits any budget.
+
+`last.pt` holds everything the loop needs to go on (weights, optimizer, scaler, EMA, RNG, epoch,
+batch, log rows), written at every epoch end and every --checkpoint-interval steps; `--resume`
+continues from it on the same curve, because batches depend only on (seed, epoch, batch index).
 """
 
+import argparse
 import json
 import time
 from datetime import datetime
@@ -51,11 +56,36 @@ def lr_factor(progress):
     return max(0.0, (1 - progress) / (1 - WARMUP))
 
 
+def resume_point(resume, output):
+    """The last.pt to continue from: a file, a run folder, or (flag alone) the newest run under --output."""
+    if resume == "newest":
+        return checkpoint.newest(output, name="last.pt")
+    path = Path(resume)
+    return path / "last.pt" if path.is_dir() else path
+
+
 def fit(args):
-    """Train one run; returns its folder (config.json, log.csv, curves.png, best.pt, last.pt)."""
+    """Train one run (or continue one); returns its folder (config.json, log.csv, curves.png, best.pt, last.pt)."""
+    from timm.optim import create_optimizer_v2
+    from timm.utils import ModelEmaV3
+
     from .report import plot_curves
 
-    args = resolve(args)
+    saved = None
+    if getattr(args, "resume", None):
+        path = resume_point(args.resume, args.output)
+        saved = checkpoint.load(path)
+        if "train_state" not in saved:
+            raise UserError(f"{path} cannot be resumed from (no training state): resume from a run's last.pt")
+        args = argparse.Namespace(**saved["train_state"]["args"])
+        run_dir = path.parent
+    else:
+        args = resolve(args)
+        name = args.experiment or f"{args.dataset}-{args.model}-{datetime.now():%Y%m%d-%H%M%S}"
+        run_dir = Path(args.output) / name
+        if (run_dir / "last.pt").exists():
+            raise UserError(f"{run_dir}/ already holds a run: continue it with --resume {run_dir}, or choose another --experiment")
+
     device = runtime.pick_device(args.device)
     torch.manual_seed(args.seed)
     split_dir = split.ensure(args.dataset, args.data_dir, args.split_dir, args.train_per_class,
@@ -63,17 +93,11 @@ def fit(args):
     s = split.load(split_dir, ("train", "val"))
     classes = s["manifest"]["classes"]
     mean, std = channel_stats(s["train_images"])
-    model = models.create(args.model, len(classes), args.pretrained, args.pretrained_file)
-
-    name = args.experiment or f"{args.dataset}-{args.model}-{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir = Path(args.output) / name
-    if (run_dir / "last.pt").exists():
-        raise UserError(f"{run_dir}/ already holds a run: choose another --experiment")
+    model = models.create(args.model, len(classes), args.pretrained and saved is None, args.pretrained_file)
     amp = runtime.amp_dtype(device, args.amp)
-    channels_last = args.channels_last
-    model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    norm = Normalize(mean, std, device, channels_last)
-    if hasattr(model, "init_from_data"):
+    model.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
+    norm = Normalize(mean, std, device, args.channels_last)
+    if hasattr(model, "init_from_data") and saved is None:
         sample = torch.from_numpy(s["train_images"][:5000]).permute(0, 3, 1, 2).to(device)
         model.init_from_data(norm(sample))
 
@@ -86,38 +110,61 @@ def fit(args):
                                     shuffle=True, drop_last=len(s["train_labels"]) >= args.batch_size, seed=args.seed)
     val_loader = DeviceLoader(s["val_images"], s["val_labels"], 512, norm, device)
 
-    from timm.optim import create_optimizer_v2
-    from timm.utils import ModelEmaV3
-
     opt = create_optimizer_v2(model, "sgd", lr=args.lr, weight_decay=args.weight_decay, momentum=0.9)
     ema = ModelEmaV3(model, decay=0.999, use_warmup=True) if args.ema else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
 
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config.update(run_dir=str(run_dir), split_dir=str(split_dir), device=str(device),
-                  amp=str(amp).replace("torch.", "") if amp else "off", channels_last=channels_last,
-                  mean=mean, std=std, num_classes=len(classes), train_images=len(s["train_labels"]))
-    write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
-    print(f"training {args.model} on {args.dataset} ({len(s['train_labels'])} train / {len(s['val_labels'])} val) "
-          f"on {device}{' with ' + config['amp'] + ' autocast' if amp else ''}, aug {args.aug}, "
-          f"{'budget ' + str(args.time_budget) + ' s' if args.time_budget else str(args.epochs) + ' epochs'} -> {run_dir}/")
+    # The loop's whole state; last.pt stores it, --resume restores it.
+    st = dict(epoch=1, batch=0, step=0, train_seconds=0.0, best=-1.0, rows=[], loss_sum=0.0, correct=0, seen=0)
+    if saved is None:
+        config = dict(vars(args), run_dir=str(run_dir), split_dir=str(split_dir), device=str(device),
+                      amp=str(amp).replace("torch.", "") if amp else "off", mean=mean, std=std,
+                      num_classes=len(classes), train_images=len(s["train_labels"]))
+        write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
+        action = "training"
+    else:
+        ts = saved["train_state"]
+        model.load_state_dict(ts["model"])
+        opt.load_state_dict(ts["optimizer"])
+        scaler.load_state_dict(ts["scaler"])
+        if ema is not None:
+            ema.load_state_dict(ts["ema"])
+        torch.set_rng_state(ts["rng"])
+        st.update(ts["loop"])
+        action = f"resuming at epoch {st['epoch']}, batch {st['batch']}:"
+    print(f"{action} {args.model} on {args.dataset} ({len(s['train_labels'])} train / {len(s['val_labels'])} val) "
+          f"on {device}{' with ' + str(amp).replace('torch.', '') + ' autocast' if amp else ''}, aug {args.aug}, "
+          f"{f'budget {args.time_budget:g} s' if args.time_budget else f'{args.epochs} epoch(s)'} -> {run_dir}/",
+          flush=True)
+
+    base = dict(model=args.model, num_classes=len(classes), classes=classes, mean=mean, std=std,
+                dataset=args.dataset, split_dir=str(split_dir), seed=args.seed, device=str(device),
+                train_per_class=s["manifest"]["train_per_class"], val_per_class=s["manifest"]["val_per_class"])
+
+    def save_last():
+        eval_model = ema.module if ema is not None else model
+        state = dict(
+            model=model.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
+            ema=ema.state_dict() if ema is not None else None, rng=torch.get_rng_state(),
+            loop={k: v for k, v in st.items()}, args=vars(args))
+        last_row = st["rows"][-1] if st["rows"] else {}
+        checkpoint.save(run_dir / "last.pt", dict(
+            base, state_dict=eval_model.state_dict(), epoch=len(st["rows"]),
+            val_acc=last_row.get("val_acc", float("nan")), best_val_acc=st["best"],
+            train_seconds=st["train_seconds"], train_state=state))
 
     steps_planned = args.epochs * len(train_loader)
-    base = dict(model=args.model, num_classes=len(classes), classes=classes, mean=mean, std=std,
-                dataset=args.dataset, split_dir=str(split_dir), seed=args.seed,
-                train_per_class=s["manifest"]["train_per_class"], val_per_class=s["manifest"]["val_per_class"])
-    rows, best, step, train_seconds = [], -1.0, 0, 0.0
-    epoch, progress = 0, 0.0
-    while progress < 1 and (args.time_budget or epoch < args.epochs):
-        epoch += 1
+    progress, lr = 0.0, 0.0
+    while progress < 1 and (args.time_budget or st["epoch"] <= args.epochs):
         model.train()
         t0 = time.perf_counter()
-        loss_sum = correct = seen = 0
+        seconds_before = st["train_seconds"]
         total = f"/{args.epochs}" if not args.time_budget else ""
-        bar = tqdm(train_loader, desc=f"epoch {epoch}{total}", leave=False, disable=None, unit="batch")
+        bar = tqdm(train_loader.batches(st["epoch"], st["batch"]), total=len(train_loader), initial=st["batch"],
+                   desc=f"epoch {st['epoch']}{total}", leave=False, disable=None, unit="batch")
         for x, y in bar:
-            elapsed = train_seconds + time.perf_counter() - t0
-            progress = elapsed / args.time_budget if args.time_budget else step / steps_planned
+            st["train_seconds"] = seconds_before + time.perf_counter() - t0
+            progress = st["train_seconds"] / args.time_budget if args.time_budget else st["step"] / steps_planned
             if progress >= 1:
                 break
             lr = args.lr * lr_factor(progress)
@@ -131,38 +178,43 @@ def fit(args):
             scaler.step(opt)
             scaler.update()
             if ema is not None:
-                ema.update(model, step=step)
-            step += 1
-            loss_sum += loss.item() * len(y)
-            correct += (out.argmax(1) == y).sum().item()
-            seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+                ema.update(model, step=st["step"])
+            st["step"] += 1
+            st["batch"] += 1
+            st["loss_sum"] += loss.item() * len(y)
+            st["correct"] += (out.argmax(1) == y).sum().item()
+            st["seen"] += len(y)
+            bar.set_postfix(loss=f"{st['loss_sum'] / st['seen']:.3f}", acc=f"{st['correct'] / st['seen']:.3f}",
+                            refresh=False)
+            if args.checkpoint_interval and st["step"] % args.checkpoint_interval == 0:
+                st["train_seconds"] = seconds_before + time.perf_counter() - t0
+                save_last()
         bar.close()
-        epoch_seconds = time.perf_counter() - t0
-        train_seconds += epoch_seconds
+        st["train_seconds"] = seconds_before + time.perf_counter() - t0
         if not args.time_budget:
-            progress = step / steps_planned
-        if seen == 0:
+            progress = st["step"] / steps_planned
+        if st["seen"] == 0:
             break
         eval_model = ema.module if ema is not None else model
         val_loss, val_acc = evaluate(eval_model, val_loader, device, amp)
-        rows.append(dict(epoch=epoch, train_loss=loss_sum / seen, train_acc=correct / seen, val_loss=val_loss,
-                         val_acc=val_acc, lr=lr, seconds=round(epoch_seconds, 2), train_seconds=round(train_seconds, 2)))
-        _write_log(run_dir / "log.csv", rows)
-        plot_curves(pd.DataFrame(rows), run_dir / "curves.png", f"{args.model} on {args.dataset}")
-        state = dict(base, state_dict=eval_model.state_dict(), epoch=epoch, val_acc=val_acc,
-                     train_seconds=train_seconds, device=str(device))
-        if val_acc > best:
-            best = val_acc
-            checkpoint.save(run_dir / "best.pt", dict(state, best_val_acc=best))
-        checkpoint.save(run_dir / "last.pt", dict(state, best_val_acc=best))
-        print(f"epoch {epoch:3d}  train loss {rows[-1]['train_loss']:.4f} acc {rows[-1]['train_acc']:.4f}  "
+        epoch_seconds = st["train_seconds"] - sum(r["seconds"] for r in st["rows"])
+        st["rows"].append(dict(
+            epoch=st["epoch"], train_loss=st["loss_sum"] / st["seen"], train_acc=st["correct"] / st["seen"],
+            val_loss=val_loss, val_acc=val_acc, lr=lr, seconds=round(epoch_seconds, 2),
+            train_seconds=round(st["train_seconds"], 2), images_per_s=round(st["seen"] / max(epoch_seconds, 1e-9), 1)))
+        write_text(run_dir / "log.csv", pd.DataFrame(st["rows"]).to_csv(index=False))
+        plot_curves(pd.DataFrame(st["rows"]), run_dir / "curves.png", f"{args.model} on {args.dataset}")
+        if val_acc > st["best"]:
+            st["best"] = val_acc
+            checkpoint.save(run_dir / "best.pt", dict(base, state_dict=eval_model.state_dict(), epoch=st["epoch"],
+                                                      val_acc=val_acc, best_val_acc=val_acc,
+                                                      train_seconds=st["train_seconds"]))
+        row = st["rows"][-1]
+        print(f"epoch {st['epoch']:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
               f"val loss {val_loss:.4f} acc {val_acc:.4f}  lr {lr:.4g}  {epoch_seconds:.1f}s", flush=True)
-    if not rows:
+        st.update(epoch=st["epoch"] + 1, batch=0, loss_sum=0.0, correct=0, seen=0)
+        save_last()
+    if not st["rows"]:
         raise UserError("no epoch finished: raise --time-budget or --epochs")
-    print(f"done: best val acc {best:.4f}, {train_seconds:.0f} s of training on {device}; run in {run_dir}/")
+    print(f"done: best val acc {st['best']:.4f}, {st['train_seconds']:.0f} s of training on {device}; run in {run_dir}/")
     return run_dir
-
-
-def _write_log(path, rows):
-    write_text(path, pd.DataFrame(rows).to_csv(index=False))
