@@ -22,7 +22,8 @@ def parser():
     p.add_argument("--submission", default="submissions/submission.csv", help="CSV to write")
     p.add_argument("--label-format", choices=["index", "name"], default="index",
                    help="integer class labels, or class names (Kaggle CIFAR-10 style)")
-    p.add_argument("--tta", action="store_true", help="average predictions with the horizontally flipped images")
+    p.add_argument("--tta", nargs="?", const="flip", default=None, choices=list(predict.TTA),
+                   help="test-time augmentation: --tta alone = flip; " + "; ".join(f"{k}: {v}" for k, v in predict.TTA.items()))
     p.add_argument("--score", action="store_true", help="also print accuracy against the split's solution.csv")
     p.add_argument("--report", action="store_true",
                    help="CIFAR-10: also write the build-vs-buy report (accuracy with 95%% CI and test against the "

@@ -29,7 +29,7 @@ def main():
     p.add_argument("--model", default="fast_cnn")
     p.add_argument("--time-budget", default="600", help="seconds of training")
     p.add_argument("--output", default="runs/bench_tta")
-    p.add_argument("--no-tta", action="store_true", help="predict without flip test-time augmentation")
+    p.add_argument("--tta", default="flip", choices=["none", "flip", "flip_shift"], help="test-time augmentation")
     p.add_argument("extra", nargs="*", help="more train.py flags, after --")
     a = p.parse_args()
     args = train_cli.parser().parse_args(["--dataset", "cifar10", "--data-dir", a.data_dir, "--model", a.model,
@@ -39,14 +39,14 @@ def main():
     wall = time.perf_counter() - t0
     log = pd.read_csv(run / "log.csv")
     pargs = predict_cli.parser().parse_args(["--checkpoint", str(run / "best.pt"), "--submission",
-                                             str(run / "submission.csv")] + ([] if a.no_tta else ["--tta"]))
+                                             str(run / "submission.csv")] + ([] if a.tta == "none" else ["--tta", a.tta]))
     t1 = time.perf_counter()
     labels = predict.run(pargs)
     predict_seconds = time.perf_counter() - t1
     cfg = pd.read_json(run / "config.json", typ="series")
     acc = predict.score(labels, Path(cfg["split_dir"]) / "solution.csv")
     print(f"\n{a.model} on CIFAR-10, budget {a.time_budget} s on {cfg['device']} ({cfg['amp']} autocast):")
-    print(f"  test accuracy      {acc:.4f} ({'flip TTA' if not a.no_tta else 'no TTA'}, official 10,000 test images)")
+    print(f"  test accuracy      {acc:.4f} (TTA: {a.tta}, official 10,000 test images)")
     print(f"  training seconds   {log['train_seconds'].iloc[-1]:.0f} ({len(log)} epochs, "
           f"{log['images_per_s'].mean():,.0f} train images/s); wall clock incl. validation {wall:.0f}")
     print(f"  predict 10,000     {predict_seconds:.1f} s (predict.py path, incl. loading and the checked CSV)")

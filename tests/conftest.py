@@ -6,7 +6,6 @@ training run must beat chance clearly: a broken loop, loader or label pipeline f
 
 import importlib.util
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -105,8 +104,6 @@ def predict_main():
 def in_tmp(tmp_path, monkeypatch):
     """Every test runs in its own folder, so data/, runs/ and submissions/ never touch the repo."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(ROOT))
-    sys.dont_write_bytecode = True
 
 
 def run_cli(main, argv, capsys):

@@ -1,7 +1,9 @@
 import numpy as np
 import torch
 
-from cifarkit.augment import RECIPES, cutout, random_crop, random_flip
+import torch.nn.functional as F
+
+from cifarkit.augment import RECIPES, crop_flip, cutout
 from cifarkit.loader import DeviceLoader, Normalize, channel_stats
 
 
@@ -12,9 +14,9 @@ def batch(n=64):
 
 def test_crop_keeps_shape_dtype_and_stays_inside_padded_image():
     x = batch()
-    out = random_crop(x, 4, torch.Generator().manual_seed(1))
+    padded = F.pad(x, (4, 4, 4, 4))
+    out = crop_flip(padded, 32, 4, 0.0, torch.Generator().manual_seed(1))
     assert out.shape == x.shape and out.dtype == torch.uint8
-    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     for i in range(len(x)):  # each output is exactly one 32x32 window of its own padded image
         windows = padded[i].unfold(1, 32, 1).unfold(2, 32, 1)  # C, 9, 9, 32, 32
         match = (windows == out[i][:, None, None]).all(dim=(0, 3, 4))
@@ -24,7 +26,7 @@ def test_crop_keeps_shape_dtype_and_stays_inside_padded_image():
 def test_crop_offsets_cover_the_range():
     x = torch.zeros(2000, 1, 32, 32, dtype=torch.uint8)
     x[:, :, 0, 0] = 255  # mark the top-left pixel; where it lands tells the offset
-    out = random_crop(x, 4, torch.Generator().manual_seed(2))
+    out = crop_flip(F.pad(x, (4, 4, 4, 4)), 32, 4, 0.0, torch.Generator().manual_seed(2))
     pos = [tuple(np.argwhere(o[0].numpy() == 255)[0]) if (o == 255).any() else None for o in out]
     seen = {p for p in pos if p is not None}
     assert seen == {(r, c) for r in range(5) for c in range(5)}  # shifts 0..4 keep the marker visible
@@ -32,7 +34,7 @@ def test_crop_offsets_cover_the_range():
 
 def test_flip_rate_and_content():
     x = batch(4000)
-    out = random_flip(x, 0.5, torch.Generator().manual_seed(3))
+    out = crop_flip(x, 32, 0, 0.5, torch.Generator().manual_seed(3))
     flipped = (out == x.flip(3)).flatten(1).all(1)
     same = (out == x).flatten(1).all(1)
     assert bool((flipped | same).all())
@@ -83,3 +85,30 @@ def test_channel_stats_exact():
     mean, std = channel_stats(images)
     ref = images.reshape(-1, 3) / 255.0
     assert np.allclose(mean, ref.mean(0)) and np.allclose(std, ref.std(0))
+
+
+def test_tta_views_flip_and_shift():
+    from cifarkit.predict import _views
+
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
+    assert len(list(_views(x, None))) == 1 and len(list(_views(x, "flip"))) == 2
+    views = list(_views(x, "flip_shift"))
+    assert len(views) == 6 and all(v.shape == x.shape for v in views)
+    assert torch.equal(views[1], x.flip(3))
+    assert torch.equal(views[2][..., 1:, 1:], x[..., :-1, :-1])  # content moved 1 px down-right
+    assert torch.equal(views[4][..., :-1, :-1], x[..., 1:, 1:])  # and 1 px up-left
+    assert torch.equal(views[5], views[4].flip(3))
+
+
+def test_crop_and_flip_together_are_windows_or_mirrored_windows():
+    x = batch(128)
+    padded = F.pad(x, (4, 4, 4, 4))
+    out = crop_flip(padded, 32, 4, 0.5, torch.Generator().manual_seed(9))
+    mirrored = 0
+    for i in range(len(x)):
+        windows = padded[i].unfold(1, 32, 1).unfold(2, 32, 1)
+        plain = (windows == out[i][:, None, None]).all(dim=(0, 3, 4)).any()
+        flipped = (windows == out[i].flip(2)[:, None, None]).all(dim=(0, 3, 4)).any()
+        assert plain or flipped, i
+        mirrored += int(flipped and not plain)
+    assert 40 < mirrored < 88  # about half, for 128 images

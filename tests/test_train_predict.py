@@ -56,7 +56,7 @@ def test_predict_writes_checked_submission_and_scores_it(trained, predict_main, 
 
 
 def test_predict_names_and_tta(trained, predict_main, capsys, tmp_path):
-    code, out, err = run_cli(predict_main, ["--label-format", "name", "--tta", "--submission", "named.csv"], capsys)
+    code, out, err = run_cli(predict_main, ["--label-format", "name", "--tta", "flip_shift", "--submission", "named.csv"], capsys)
     assert code == 0, err
     sub = pd.read_csv(tmp_path / "named.csv")
     assert set(sub["label"]) <= {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",

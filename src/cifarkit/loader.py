@@ -8,6 +8,7 @@ that need it. Both yield normalised float NCHW batches and int64 labels.
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .augment import RECIPES, albu_pipeline, batch_augment, cutout
 
@@ -51,7 +52,9 @@ class DeviceLoader:
 
     def __init__(self, images, labels, batch_size, normalize, device, recipe=RECIPES["none"],
                  shuffle=False, drop_last=False, seed=0):
-        self.x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+        self.size = x.shape[-1]
+        self.x = F.pad(x, (recipe.pad,) * 4) if recipe.pad else x  # padded once, not per batch
         self.y = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         self.batch_size, self.normalize, self.recipe = batch_size, normalize, recipe
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
@@ -70,7 +73,7 @@ class DeviceLoader:
         for i in range(start, len(self)):
             gen = generator(self.seed, epoch, i)
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.normalize(batch_augment(self.x[idx], self.recipe, gen))
+            x = self.normalize(batch_augment(self.x[idx], self.recipe, gen, self.size))
             if self.recipe.cutout:
                 x = cutout(x, self.recipe.cutout, gen)
             yield x, self.y[idx]

@@ -14,21 +14,36 @@ from .loader import DeviceLoader, Normalize
 BATCH = 512
 
 
+TTA = {"flip": "average with the horizontally flipped image",
+       "flip_shift": "also with the image and its flip shifted by 1 px both ways (6 views)"}
+
+
+def _views(x, tta):
+    yield x
+    if tta:
+        yield x.flip(3)
+    if tta == "flip_shift":
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        h, w = x.shape[-2:]
+        for dy, dx in ((0, 0), (2, 2)):
+            shifted = padded[..., dy:dy + h, dx:dx + w]
+            yield shifted
+            yield shifted.flip(3)
+
+
 @torch.no_grad()
-def logits(model, loader, device, amp=None, tta=False):
-    """Logits for every batch of `loader`, in order; with `tta`, averaged with the flipped images'."""
+def logits(model, loader, device, amp=None, tta=None):
+    """Logits for every batch of `loader`, in order; with `tta` ('flip', 'flip_shift'), averaged over views."""
     model.eval()
     out = []
     for x, _ in loader:
         with runtime.autocast(device, amp):
-            z = model(x).float()
-            if tta:
-                z = (z + model(x.flip(3)).float()) / 2
-        out.append(z)
+            views = [model(v).float() for v in _views(x, tta)]
+        out.append(torch.stack(views).mean(0))
     return torch.cat(out)
 
 
-def evaluate(model, loader, device, amp=None, tta=False):
+def evaluate(model, loader, device, amp=None, tta=None):
     """Mean cross-entropy and accuracy over a labelled loader."""
     z = logits(model, loader, device, amp, tta)
     y = loader.y
