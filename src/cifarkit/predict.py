@@ -125,9 +125,16 @@ def _device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     import os
-    import platform
 
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "")
+    return f"CPU ({model + ', ' if model else ''}{os.cpu_count()} cores)"
+
+
+def _cpuinfo():
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
 
 
 def _solution(path, rows):
