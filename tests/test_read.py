@@ -99,6 +99,17 @@ def test_offline_without_data_says_where_to_put_it(tmp_path, monkeypatch):
     assert not (tmp_path / "empty" / "cifar-10-python.tar.gz").exists()
 
 
+def test_download_with_wrong_checksum_is_refused_and_removed(tmp_path, monkeypatch):
+    """torchvision's real download_url, with only the network fetch replaced by one that delivers bad bytes."""
+    import torchvision.datasets.utils as tvu
+
+    monkeypatch.setattr(tvu, "_get_redirect_url", lambda url, max_hops=3: url)
+    monkeypatch.setattr(tvu, "_urlretrieve", lambda url, path, *a, **k: open(path, "wb").write(b"not the archive"))
+    with pytest.raises(UserError, match="download failed"):
+        read.load(tmp_path / "data", "cifar10")
+    assert not (tmp_path / "data" / "cifar-10-python.tar.gz").exists()
+
+
 def test_reads_from_official_archive(tmp_path):
     write_cifar10(tmp_path / "build")
     archive = tmp_path / "data" / "cifar-10-python.tar.gz"

@@ -63,6 +63,14 @@ def test_predict_names_and_tta(trained, predict_main, capsys, tmp_path):
                                  "ship", "truck"}
 
 
+def test_albumentations_path_trains(cifar10_dir, train_main, capsys, tmp_path):
+    code, out, err = run_cli(train_main, [
+        "--dataset", "cifar10", "--model", "simple_cnn", "--data-dir", str(cifar10_dir), *SMALL, "--aug", "albu",
+        "--workers", "0", "--epochs", "2", "-b", "16", "--experiment", "albu"], capsys)
+    assert code == 0, err
+    assert "aug albu" in out and len(pd.read_csv(tmp_path / "runs" / "albu" / "log.csv")) == 2
+
+
 def test_cifar100_transfer_path_with_saved_resnet18(cifar100_dir, train_main, predict_main, capsys, tmp_path):
     """The real ResNet18 path: a torchvision-layout state dict loads unchanged; predict covers every test id."""
     import torchvision
@@ -111,6 +119,23 @@ def test_offline_hub_without_file_says_what_to_do(cifar10_dir, train_main, capsy
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     code, out, err = run_cli(train_main, ["--dataset", "cifar10", "--data-dir", str(cifar10_dir), *SMALL], capsys)
     assert code == 2 and "--pretrained-file" in err and "--no-pretrained" in err and err.count("\n") == 1
+
+
+def test_unreachable_hub_fails_fast_in_one_line(cifar10_dir, train_main, capsys, monkeypatch):
+    """No DNS for the hub: one line at once, not a minute of retry messages."""
+    import socket
+    import time
+
+    def no_dns(*a, **k):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    for var in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    t0 = time.perf_counter()
+    code, out, err = run_cli(train_main, ["--dataset", "cifar10", "--data-dir", str(cifar10_dir), *SMALL], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--pretrained-file" in err, err
+    assert time.perf_counter() - t0 < 20
 
 
 @pytest.mark.parametrize("script, argv, message", [
