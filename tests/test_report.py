@@ -101,9 +101,10 @@ def test_predict_report_end_to_end(cifar10_dir, train_main, predict_main, capsys
     assert "recommendation:" in out
 
 
-def test_report_refuses_cifar100(cifar100_dir, train_main, predict_main, capsys):
+def test_report_refuses_cifar100(cifar100_dir, train_main, predict_main, capsys, tmp_path):
     code, _, err = run_cli(train_main, ["--model", "simple_cnn", "--data-dir", str(cifar100_dir),
                                         "--train-per-class", "4", "--val-per-class", "1", "--epochs", "1"], capsys)
     assert code == 0, err
     code, out, err = run_cli(predict_main, ["--report"], capsys)
     assert code == 2 and "--report compares with CIFAR-10" in err
+    assert not (tmp_path / "submissions").exists(), "refused before writing anything"

@@ -154,7 +154,7 @@ def create(name, num_classes, pretrained=False, pretrained_file=None):
     if not pretrained:
         return model
     if e.timm_name is None:
-        raise UserError(f"{name} is a scratch model with no pretrained weights: drop --pretrained-file")
+        raise UserError(f"{name} is a scratch model with no pretrained weights: drop --pretrained / --pretrained-file")
     state = read_weights(pretrained_file) if pretrained_file else _hub_weights(e.timm_name)
     load_backbone(model, state, f"{pretrained_file or 'hub weights'}", e.timm_name)
     return model

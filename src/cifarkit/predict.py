@@ -67,6 +67,8 @@ def run(args):
     ckpt = checkpoint.load(path)
     if args.dataset and ckpt["dataset"] != args.dataset:
         raise UserError(f"{path} was trained on {ckpt['dataset']}, not {args.dataset}")
+    if args.report and ckpt["dataset"] != "cifar10":
+        raise UserError("--report compares with CIFAR-10 figures: use a cifar10 run (--dataset cifar10)")
     device = runtime.pick_device(args.device)
     amp = runtime.amp_dtype(device, args.amp)
     split_dir = Path(args.split_dir or ckpt["split_dir"])
@@ -101,8 +103,6 @@ def write_report(args, path, ckpt, model, predict_images, images, preds, split_d
     """The CIFAR-10 build-vs-buy report: accuracy with its uncertainty, cost, robustness, a rule-made verdict."""
     from . import report
 
-    if ckpt["dataset"] != "cifar10":
-        raise UserError("--report compares with CIFAR-10 figures: use a cifar10 run (--dataset cifar10)")
     truth = _solution(split_dir / "solution.csv", len(preds))
     corrupted = {}
     for name in report.CORRUPTIONS:

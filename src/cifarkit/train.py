@@ -95,6 +95,7 @@ def fit(args):
     mean, std = channel_stats(s["train_images"])
     model = models.create(args.model, len(classes), args.pretrained and saved is None, args.pretrained_file)
     amp = runtime.amp_dtype(device, args.amp)
+    amp_name = str(amp).removeprefix("torch.") if amp else "off"
     model.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
     norm = Normalize(mean, std, device, args.channels_last)
     if hasattr(model, "init_from_data") and saved is None:
@@ -118,7 +119,7 @@ def fit(args):
     st = dict(epoch=1, batch=0, step=0, train_seconds=0.0, best=-1.0, rows=[], loss_sum=0.0, correct=0, seen=0)
     if saved is None:
         config = dict(vars(args), run_dir=str(run_dir), split_dir=str(split_dir), device=str(device),
-                      amp=str(amp).replace("torch.", "") if amp else "off", mean=mean, std=std,
+                      amp=amp_name, mean=mean, std=std,
                       num_classes=len(classes), train_images=len(s["train_labels"]))
         write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
         action = "training"
@@ -133,7 +134,7 @@ def fit(args):
         st.update(ts["loop"])
         action = f"resuming at epoch {st['epoch']}, batch {st['batch']}:"
     print(f"{action} {args.model} on {args.dataset} ({len(s['train_labels'])} train / {len(s['val_labels'])} val) "
-          f"on {device}{' with ' + str(amp).replace('torch.', '') + ' autocast' if amp else ''}, aug {args.aug}, "
+          f"on {device}{f' with {amp_name} autocast' if amp else ''}, aug {args.aug}, "
           f"{f'budget {args.time_budget:g} s' if args.time_budget else f'{args.epochs} epoch(s)'} -> {run_dir}/",
           flush=True)
 
