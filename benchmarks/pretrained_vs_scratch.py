@@ -23,14 +23,14 @@ from cifarkit.train import fit  # noqa: E402
 @cli
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="mobilenetv2_100")
-    p.add_argument("--pretrained-file", required=True)
-    p.add_argument("--dataset", default="cifar100")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--train-per-class", default="80")
-    p.add_argument("--val-per-class", default="10")
+    p.add_argument("--model", default="mobilenetv2_100", help="any timm model name")
+    p.add_argument("--pretrained-file", required=True, help="local ImageNet weights for --model")
+    p.add_argument("--dataset", default="cifar100", choices=["cifar10", "cifar100"])
+    p.add_argument("--data-dir", required=True, help="folder holding the official CIFAR files")
+    p.add_argument("--train-per-class", default="80", help="training images per class")
+    p.add_argument("--val-per-class", default="10", help="validation images per class")
     p.add_argument("--time-budget", default="180", help="seconds of training for each of the two runs")
-    p.add_argument("--output", default="runs/bench_pretrained")
+    p.add_argument("--output", default="runs/bench_pretrained", help="folder for the two runs and their split")
     a = p.parse_args()
     common = ["--model", a.model, "--dataset", a.dataset, "--data-dir", a.data_dir, "--train-per-class",
               a.train_per_class, "--val-per-class", a.val_per_class, "--time-budget", a.time_budget,

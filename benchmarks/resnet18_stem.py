@@ -54,11 +54,11 @@ VARIANTS = ("stock", "no_maxpool", "stride1_no_maxpool", "upsample128")
 @cli
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="cifar10")
-    p.add_argument("--data-dir", required=True)
+    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
+    p.add_argument("--data-dir", required=True, help="folder holding the official CIFAR files")
     p.add_argument("--time-budget", default="150", help="seconds of training per variant")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    p.add_argument("--output", default="runs/bench_stem")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="stems to compare")
+    p.add_argument("--output", default="runs/bench_stem", help="folder for the runs")
     a = p.parse_args()
     results = {}
     for kind in a.variants:

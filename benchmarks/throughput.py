@@ -65,8 +65,8 @@ def timed(batches, device, limit, step=None):
 @cli
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", required=True, help="folder with cifar-10-batches-py/ (or its .tar.gz)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     p.add_argument("--model", default="fast_cnn", help="the network fed end to end")
     p.add_argument("-b", "--batch-size", type=int, default=256)
     p.add_argument("--images", type=int, default=20_000, help="images timed per loader-alone measurement")

@@ -25,10 +25,10 @@ from cifarkit.train import fit  # noqa: E402
 @cli
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--model", default="fast_cnn")
+    p.add_argument("--data-dir", required=True, help="folder with cifar-10-batches-py/ (or its .tar.gz)")
+    p.add_argument("--model", default="fast_cnn", help="model to train (see train.py --list-models)")
     p.add_argument("--time-budget", default="600", help="seconds of training")
-    p.add_argument("--output", default="runs/bench_tta")
+    p.add_argument("--output", default="runs/bench_tta", help="folder for the run")
     p.add_argument("--tta", default="flip", choices=["none", "flip", "flip_shift"], help="test-time augmentation")
     p.add_argument("extra", nargs="*", help="more train.py flags, after --")
     a = p.parse_args()

@@ -7,7 +7,6 @@ solution.csv, which nothing reads unless asked to score.
 
 import argparse
 import hashlib
-import io
 import json
 from pathlib import Path
 
@@ -93,9 +92,8 @@ def build(data, split_dir, train_per_class=None, val_per_class=None, seed=0):
 
 
 def _write_csv(path, df):
-    buf = io.StringIO()
-    df.to_csv(buf, index=False)
-    write_text(path, buf.getvalue())
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
 
 
 def read_manifest(split_dir):

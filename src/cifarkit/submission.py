@@ -84,7 +84,7 @@ def main(argv=None):
                                 description="Check a submission CSV against a split before uploading it.")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check", help="check FILE: header, one row per test id in order, labels in range")
-    c.add_argument("file")
+    c.add_argument("file", help="the submission CSV to check")
     c.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar100",
                    help="the split it answers (default: cifar100)")
     c.add_argument("--split-dir", default=None, help="split folder (default: data/<dataset>)")

@@ -163,6 +163,13 @@ def fit(args):
         total = f"/{args.epochs}" if not args.time_budget else ""
         bar = tqdm(train_loader.batches(st["epoch"], st["batch"]), total=len(train_loader), initial=st["batch"],
                    desc=f"epoch {st['epoch']}{total}", leave=False, disable=None, unit="batch")
+        # Running sums stay on the device: reading them each step would stall a GPU once per step.
+        loss_sum = torch.tensor(st["loss_sum"], dtype=torch.float64, device=device)
+        correct = torch.tensor(st["correct"], dtype=torch.int64, device=device)
+
+        def sync():
+            st["loss_sum"], st["correct"] = loss_sum.item(), int(correct.item())
+
         for x, y in bar:
             st["train_seconds"] = seconds_before + time.perf_counter() - t0
             progress = st["train_seconds"] / args.time_budget if args.time_budget else st["step"] / steps_planned
@@ -182,15 +189,19 @@ def fit(args):
                 ema.update(model, step=st["step"])
             st["step"] += 1
             st["batch"] += 1
-            st["loss_sum"] += loss.item() * len(y)
-            st["correct"] += (out.argmax(1) == y).sum().item()
+            loss_sum += loss.detach().double() * len(y)
+            correct += (out.argmax(1) == y).sum()
             st["seen"] += len(y)
-            bar.set_postfix(loss=f"{st['loss_sum'] / st['seen']:.3f}", acc=f"{st['correct'] / st['seen']:.3f}",
-                            refresh=False)
+            if bar.disable is False and st["step"] % 20 == 0:
+                sync()
+                bar.set_postfix(loss=f"{st['loss_sum'] / st['seen']:.3f}", acc=f"{st['correct'] / st['seen']:.3f}",
+                                refresh=False)
             if args.checkpoint_interval and st["step"] % args.checkpoint_interval == 0:
                 st["train_seconds"] = seconds_before + time.perf_counter() - t0
+                sync()
                 save_last()
         bar.close()
+        sync()
         st["train_seconds"] = seconds_before + time.perf_counter() - t0
         if not args.time_budget:
             progress = st["step"] / steps_planned
