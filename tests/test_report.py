@@ -45,7 +45,7 @@ def fake_run(tmp_path, accuracy):
     corrupted = {k: accuracy - 0.1 for k in report.CORRUPTIONS}
     classes = [f"class{i}" for i in range(10)]
     return dict(labels=labels, preds=preds, classes=classes, corrupted=corrupted, run=run,
-                timing=dict(images_per_s=1234.0, device="CPU", batch=512))
+                timing=dict(images_per_s=1234.0, device="CPU", batch=512, tta="flip"))
 
 
 def test_report_sections_figures_and_regeneration(tmp_path):
@@ -55,7 +55,7 @@ def test_report_sections_figures_and_regeneration(tmp_path):
     for section in ("**Recommendation: BUILD.**", "95% confidence interval (Wilson)", "exact one-sided binomial test",
                     "GPipe", "ViT-H/14", "## The rule behind the recommendation", "## Cost", "## Robustness",
                     "## Accuracy per class", "Confusion matrix", "## Training curves", "## Measured on this machine",
-                    "290,000 parameters", "1.2 MB", "1,234 images/s"):
+                    "290,000 parameters", "1.2 MB", "1,234 images/s", "flip TTA"):
         assert section in text, section
     for fig in ("comparison", "confusion", "per_class", "curves"):
         png = tmp_path / "a" / f"cifar10_{fig}.png"

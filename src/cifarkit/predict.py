@@ -114,7 +114,7 @@ def write_report(args, path, ckpt, model, predict_images, images, preds, split_d
         raise UserError(f"{log_path} missing: the report needs the run's log for its cost and curves")
     run = dict(model=ckpt["model"], params=sum(p.numel() for p in model.parameters()),
                size_bytes=path.stat().st_size, device=ckpt.get("device", "unknown"), log=pd.read_csv(log_path))
-    timing = dict(images_per_s=speed, device=_device_name(device), batch=BATCH)
+    timing = dict(images_per_s=speed, device=_device_name(device), batch=BATCH, tta=args.tta)
     out, summary = report.build_vs_buy(args.report_dir, labels=truth, preds=preds, classes=ckpt["classes"],
                                        corrupted=corrupted, run=run, timing=timing)
     print("\n".join(summary))

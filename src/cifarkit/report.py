@@ -309,7 +309,7 @@ loss is label-smoothed; validation accuracy levelling off shows where more epoch
 ## Measured on this machine (timings; these change from run to run)
 
 {_table([["Inference throughput", f"{timing['images_per_s']:,.0f} images/s on {timing['device']} "
-          f"(batch {timing['batch']}, best of 3 passes over the test set)"]], ["", "measured"])}
+          f"(batch {timing['batch']}, {timing['tta'] or 'no'} TTA, best of 3 passes over the test set)"]], ["", "measured"])}
 """
     path = out_dir / f"{prefix}_build_vs_buy.md"
     write_text(path, text)
