@@ -91,6 +91,10 @@ def test_cifar100_transfer_path_with_saved_resnet18(cifar100_dir, train_main, pr
     (["--model", "no_such_net"], "unknown model 'no_such_net'"),
     (["--pretrained-file", "missing.pth"], "pretrained file missing.pth not found"),
     (["--model", "simple_cnn", "--pretrained-file", "x.pth"], "scratch model with no pretrained weights"),
+    (["--model", "simple_cnn", "--label-smoothing", "2"], "--label-smoothing must be in [0, 1)"),
+    (["--model", "simple_cnn", "--weight-decay", "-1"], "--weight-decay not negative"),
+    (["--model", "simple_cnn", "--workers", "-1"], "--workers and --checkpoint-interval must not be negative"),
+    (["--model", "simple_cnn", "--checkpoint-interval", "-3"], "must not be negative"),
 ])
 def test_train_bad_inputs_one_line(cifar10_dir, train_main, capsys, argv, message):
     code, out, err = run_cli(train_main, ["--dataset", "cifar10", "--data-dir", str(cifar10_dir), *SMALL, *argv],

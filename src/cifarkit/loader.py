@@ -97,7 +97,7 @@ class AlbuLoader:
     drops the batches already seen (correct, but not free).
     """
 
-    def __init__(self, images, labels, batch_size, normalize, device, workers=2, seed=0, drop_last=True):
+    def __init__(self, images, labels, batch_size, normalize, device, workers, seed, drop_last):
         self.gen = torch.Generator()
         self.loader = torch.utils.data.DataLoader(
             _AlbuDataset(images, labels), batch_size=batch_size, shuffle=True, drop_last=drop_last,

@@ -114,27 +114,11 @@ def write_report(args, path, ckpt, model, predict_images, images, preds, split_d
         raise UserError(f"{log_path} missing: the report needs the run's log for its cost and curves")
     run = dict(model=ckpt["model"], params=sum(p.numel() for p in model.parameters()),
                size_bytes=path.stat().st_size, device=ckpt.get("device", "unknown"), log=pd.read_csv(log_path))
-    timing = dict(images_per_s=speed, device=_device_name(device), batch=BATCH, tta=args.tta)
+    timing = dict(images_per_s=speed, device=runtime.device_name(device), batch=BATCH, tta=args.tta)
     out, summary = report.build_vs_buy(args.report_dir, labels=truth, preds=preds, classes=ckpt["classes"],
                                        corrupted=corrupted, run=run, timing=timing)
     print("\n".join(summary))
     print(f"wrote {out} and its figures")
-
-
-def _device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import os
-
-    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), "")
-    return f"CPU ({model + ', ' if model else ''}{os.cpu_count()} cores)"
-
-
-def _cpuinfo():
-    try:
-        return Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return []
 
 
 def _solution(path, rows):

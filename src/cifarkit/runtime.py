@@ -20,13 +20,28 @@ def pick_device(name="auto"):
     return dev
 
 
+def _cpuinfo():
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def cpu_has_native_bf16():
     """bf16 autocast pays off on CPUs with AVX512-BF16 or AMX (measured 1.4-2.7x here); elsewhere it is emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    flags = _cpuinfo()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def device_name(device):
+    """What a report should name: the GPU model, or the CPU model and its core count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import os
+
+    model = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines()
+                  if line.startswith("model name")), "")
+    return f"CPU ({model + ', ' if model else ''}{os.cpu_count()} cores)"
 
 
 def amp_dtype(device, amp=None):

@@ -25,6 +25,13 @@ def default_split_dir(dataset):
     return Path("data") / dataset
 
 
+def per_class(dataset, train_per_class=None, val_per_class=None):
+    """The per-class sizes asked for, falling back to the data set's defaults."""
+    dtpc, dvpc = DEFAULT_PER_CLASS[dataset]
+    return (dtpc if train_per_class is None else train_per_class,
+            dvpc if val_per_class is None else val_per_class)
+
+
 def _sha256(a):
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
@@ -54,9 +61,7 @@ def choose(labels, num_classes, train_per_class, val_per_class, seed, classes):
 
 def build(data, split_dir, train_per_class=None, val_per_class=None, seed=0):
     """Write the split arrays, sample_submission.csv, solution.csv and manifest.json into split_dir."""
-    dtpc, dvpc = DEFAULT_PER_CLASS[data.name]
-    tpc = dtpc if train_per_class is None else train_per_class
-    vpc = dvpc if val_per_class is None else val_per_class
+    tpc, vpc = per_class(data.name, train_per_class, val_per_class)
     n_cls = len(data.classes)
     tr, va = choose(data.train_y, n_cls, tpc, vpc, seed, data.classes)
     arrays = {
@@ -127,12 +132,8 @@ def load(split_dir, parts=("train", "val", "test")):
 def ensure(dataset, data_dir, split_dir=None, train_per_class=None, val_per_class=None, seed=0):
     """Return the split directory, building the split first if it is missing or was made differently."""
     split_dir = Path(split_dir or default_split_dir(dataset))
-    dtpc, dvpc = DEFAULT_PER_CLASS.get(dataset, (None, None))
-    want = {
-        "dataset": dataset, "seed": seed,
-        "train_per_class": dtpc if train_per_class is None else train_per_class,
-        "val_per_class": dvpc if val_per_class is None else val_per_class,
-    }
+    tpc, vpc = per_class(dataset, train_per_class, val_per_class)
+    want = {"dataset": dataset, "seed": seed, "train_per_class": tpc, "val_per_class": vpc}
     if (split_dir / "manifest.json").is_file():
         have = read_manifest(split_dir)
         if all(have.get(k) == v for k, v in want.items()):

@@ -46,6 +46,10 @@ def resolve(args):
         raise UserError("--epochs and --batch-size must be at least 1, --lr positive")
     if args.time_budget is not None and args.time_budget <= 0:
         raise UserError("--time-budget must be a positive number of seconds")
+    if not 0 <= args.label_smoothing < 1 or args.weight_decay < 0:
+        raise UserError("--label-smoothing must be in [0, 1) and --weight-decay not negative")
+    if args.workers < 0 or args.checkpoint_interval < 0:
+        raise UserError("--workers and --checkpoint-interval must not be negative")
     get_recipe(args.aug)
     return args
 
@@ -103,12 +107,13 @@ def fit(args):
         model.init_from_data(norm(sample))
 
     r = get_recipe(args.aug)
+    drop_last = len(s["train_labels"]) >= args.batch_size  # a split smaller than a batch still trains
     if r.albu:
         train_loader = AlbuLoader(s["train_images"], s["train_labels"], args.batch_size, norm, device,
-                                  workers=args.workers, seed=args.seed)
+                                  workers=args.workers, seed=args.seed, drop_last=drop_last)
     else:
         train_loader = DeviceLoader(s["train_images"], s["train_labels"], args.batch_size, norm, device, r,
-                                    shuffle=True, drop_last=len(s["train_labels"]) >= args.batch_size, seed=args.seed)
+                                    shuffle=True, drop_last=drop_last, seed=args.seed)
     val_loader = DeviceLoader(s["val_images"], s["val_labels"], 512, norm, device)
 
     opt = create_optimizer_v2(model, "sgd", lr=args.lr, weight_decay=args.weight_decay, momentum=0.9)
