@@ -27,7 +27,7 @@ def test_valid_file_passes(tmp_path):
     ("", "not a readable CSV"),
     (VALID.replace("id,label", "label,id"), "header must be exactly 'id,label'"),
     (VALID.replace("id,label\n", ""), "header must be"),
-    (VALID.replace("id,label", "id,label,extra").replace("\n1,1\n", "\n1,1,0\n"), "line 1 has 3 fields"),
+    (VALID.replace("id,label", "id,label,extra").replace("\n1,1\n", "\n1,1,0\n"), "header must be"),
     (VALID.replace("\n9,9\n", "\n9,9,\n"), "line 11 has 3 fields, expected 2"),  # found by hypothesis
     (VALID.replace("\n5,5\n", "\n4,5\n"), "appears more than once"),
     (VALID.replace("\n5,5\n", "\n"), "19 rows, expected 20"),

@@ -43,14 +43,14 @@ def check(path, rows, num_classes=None, classes=None):
     for i, line in enumerate(lines):
         if line == "" or "\r" in line:
             raise UserError(f"{path}: line {i + 1} is blank or holds a stray carriage return")
-        if line.count(",") != 1:  # pandas would turn a row with an extra field into an index silently
+        if i == 0 and line != "id,label":
+            raise UserError(f"{path}: header must be exactly 'id,label', found {line!r}")
+        if line.count(",") != 1:  # pandas would make an extra field the index, silently
             raise UserError(f"{path}: line {i + 1} has {line.count(',') + 1} fields, expected 2 (id,label)")
     try:
         df = pd.read_csv(io.StringIO("\n".join(lines)), dtype=str, keep_default_na=False, skip_blank_lines=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise UserError(f"{path}: not a readable CSV ({type(e).__name__})") from None
-    if list(df.columns) != ["id", "label"]:
-        raise UserError(f"{path}: header must be exactly 'id,label', found {','.join(map(str, df.columns))!r}")
     if len(df) != rows:
         raise UserError(f"{path}: {len(df)} rows, expected {rows}")
     bad = df.index[~df["id"].str.fullmatch(_INT)]
