@@ -5,7 +5,7 @@ import argparse
 
 from cifarkit import models, train
 from cifarkit.augment import RECIPES
-from cifarkit.errors import cli
+from cifarkit.errors import UserError, cli
 from cifarkit.split import add_split_args
 
 
@@ -28,7 +28,9 @@ def parser():
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the model's)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds of training; the schedule is fitted to it and --epochs is ignored")
-    p.add_argument("-b", "--batch-size", type=int, default=None, help="batch size (default: the model's)")
+    p.add_argument("-b", "--batch-size", type=int, default=None,
+                   help="global batch size: under torchrun it is split over the processes, so --lr needs no "
+                        "change (default: the model's)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate, SGD+Nesterov (default: the model's)")
     p.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: the model's)")
     p.add_argument("--label-smoothing", type=float, default=None, help="label smoothing (default: the model's)")
@@ -43,9 +45,16 @@ def parser():
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels_last memory format (faster on CUDA and on this project's CPUs)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for --aug albu")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun on GPUs: batch-norm statistics over the whole global batch "
+                        "(SyncBatchNorm) instead of each process's share")
+    p.add_argument("--torchcompile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="compile the model with torch.compile (alone: the inductor backend); for GPUs, where "
+                        "it pays after a minute of compiling")
     p.add_argument("--resume", nargs="?", const="newest", default=None, metavar="PATH",
-                   help="continue an interrupted run from its last.pt (a file or run folder; alone: the newest "
-                        "run under --output); the run's own settings are used, other flags are ignored")
+                   help="continue a run from its last.pt (a file or run folder; alone: the newest run under "
+                        "--output) with its own settings; --epochs or --time-budget may lengthen it, other "
+                        "flags are refused")
     p.add_argument("--checkpoint-interval", type=int, default=0, metavar="STEPS",
                    help="also save last.pt every STEPS training steps (0: only at epoch ends)")
     p.add_argument("--output", default="runs", help="folder for run folders")
@@ -56,7 +65,8 @@ def parser():
 
 @cli
 def main(argv=None):
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     if args.list_models:
         for name in models.list_models():
             e = models.MODELS[name]
@@ -64,6 +74,12 @@ def main(argv=None):
                   + " ".join(f"{k}={v}" for k, v in e.defaults.items()))
         print("any other timm model name works too (pretrained, with resnet18's defaults)")
         return
+    if args.resume:
+        other = [k for k, v in vars(args).items()
+                 if v != p.get_default(k) and k not in ("resume", "output", *train.EXTENDABLE)]
+        if other:
+            raise UserError(f"--resume continues a run with its own settings: --{other[0].replace('_', '-')} "
+                            f"cannot change it (only --epochs or --time-budget, to lengthen it)")
     train.fit(args)
 
 

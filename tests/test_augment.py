@@ -3,7 +3,7 @@ import torch
 
 import torch.nn.functional as F
 
-from cifarkit.augment import RECIPES, crop_flip, cutout
+from cifarkit.augment import RECIPES, Recipe, crop_flip, cutout, draw
 from cifarkit.loader import DeviceLoader, Normalize, channel_stats
 
 
@@ -12,10 +12,15 @@ def batch(n=64):
     return torch.randint(1, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
 
 
+def crop(padded, pad, flip, seed, size=32):
+    p = draw(Recipe("test", pad=pad, flip=flip), len(padded), torch.Generator().manual_seed(seed), size)
+    return crop_flip(padded, size, p[:, 0], p[:, 1], p[:, 2])
+
+
 def test_crop_keeps_shape_dtype_and_stays_inside_padded_image():
     x = batch()
     padded = F.pad(x, (4, 4, 4, 4))
-    out = crop_flip(padded, 32, 4, 0.0, torch.Generator().manual_seed(1))
+    out = crop(padded, 4, 0.0, 1)
     assert out.shape == x.shape and out.dtype == torch.uint8
     for i in range(len(x)):  # each output is exactly one 32x32 window of its own padded image
         windows = padded[i].unfold(1, 32, 1).unfold(2, 32, 1)  # C, 9, 9, 32, 32
@@ -26,7 +31,7 @@ def test_crop_keeps_shape_dtype_and_stays_inside_padded_image():
 def test_crop_offsets_cover_the_range():
     x = torch.zeros(2000, 1, 32, 32, dtype=torch.uint8)
     x[:, :, 0, 0] = 255  # mark the top-left pixel; where it lands tells the offset
-    out = crop_flip(F.pad(x, (4, 4, 4, 4)), 32, 4, 0.0, torch.Generator().manual_seed(2))
+    out = crop(F.pad(x, (4, 4, 4, 4)), 4, 0.0, 2)
     pos = [tuple(np.argwhere(o[0].numpy() == 255)[0]) if (o == 255).any() else None for o in out]
     seen = {p for p in pos if p is not None}
     assert seen == {(r, c) for r in range(5) for c in range(5)}  # shifts 0..4 keep the marker visible
@@ -34,7 +39,7 @@ def test_crop_offsets_cover_the_range():
 
 def test_flip_rate_and_content():
     x = batch(4000)
-    out = crop_flip(x, 32, 0, 0.5, torch.Generator().manual_seed(3))
+    out = crop(x, 0, 0.5, 3)
     flipped = (out == x.flip(3)).flatten(1).all(1)
     same = (out == x).flatten(1).all(1)
     assert bool((flipped | same).all())
@@ -43,7 +48,8 @@ def test_flip_rate_and_content():
 
 def test_cutout_zeroes_one_square_per_image():
     x = torch.ones(500, 3, 32, 32)
-    out = cutout(x, 8, torch.Generator().manual_seed(4))
+    p = draw(Recipe("test", cutout=8), 500, torch.Generator().manual_seed(4))
+    out = cutout(x, 8, p[:, 3], p[:, 4])
     zeros = (out == 0).all(1).flatten(1).sum(1)
     assert zeros.max().item() == 64 and zeros.min().item() > 0  # full 8x8, or clipped at the border
     assert ((out == 0) | (out == 1)).all()
@@ -103,7 +109,7 @@ def test_tta_views_flip_and_shift():
 def test_crop_and_flip_together_are_windows_or_mirrored_windows():
     x = batch(128)
     padded = F.pad(x, (4, 4, 4, 4))
-    out = crop_flip(padded, 32, 4, 0.5, torch.Generator().manual_seed(9))
+    out = crop(padded, 4, 0.5, 9)
     mirrored = 0
     for i in range(len(x)):
         windows = padded[i].unfold(1, 32, 1).unfold(2, 32, 1)
@@ -112,3 +118,37 @@ def test_crop_and_flip_together_are_windows_or_mirrored_windows():
         assert plain or flipped, i
         mirrored += int(flipped and not plain)
     assert 40 < mirrored < 88  # about half, for 128 images
+
+
+def test_random_choices_are_drawn_once_per_epoch_not_per_step(monkeypatch):
+    """Per-step draws on the CPU would mean a host-to-device copy, a CUDA stream sync, every step."""
+    calls = []
+    for name in ("randint", "rand", "randperm"):
+        real = getattr(torch, name)
+        monkeypatch.setattr(torch, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    _, _, dl = loader(recipe="crop_flip_cutout", n=100, bs=10)
+    batches = dl.batches(epoch=3)
+    next(batches)
+    at_first_batch = len(calls)
+    rest = list(batches)
+    assert len(rest) == 9 and len(calls) == at_first_batch > 0
+
+
+def test_ranks_share_each_global_batch_exactly():
+    """Under torchrun every rank takes its share of the same global batch, augmented as in one process."""
+    from cifarkit.runtime import Dist
+
+    images = np.random.default_rng(0).integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(50) % 10
+    norm = Normalize(*channel_stats(images), "cpu")
+
+    def batches(dist=None):
+        return list(DeviceLoader(images, labels, 16, norm, "cpu", RECIPES["crop_flip_cutout"], shuffle=True,
+                                 seed=3, dist=dist).batches(2))
+
+    whole = batches()
+    shares = [batches(Dist(rank, 3)) for rank in range(3)]
+    for i, (x, y) in enumerate(whole):
+        assert [len(s[i][1]) for s in shares] in ([6, 5, 5], [1, 1, 0])  # 16 and the last 2 split over 3
+        assert torch.equal(torch.cat([s[i][0] for s in shares]), x)
+        assert torch.equal(torch.cat([s[i][1] for s in shares]), y)

@@ -3,6 +3,7 @@
 The batched ops act on a whole uint8 batch already on the training device (no per-image Python):
 random crop + flip = one gather from the split padded once by the loader, with a per-image offset
 and mirror; cutout = a per-image square zeroed after normalisation (zero is the training-set mean).
+Their random choices are drawn for a whole epoch at once (`draw`).
 """
 
 from dataclasses import dataclass
@@ -36,27 +37,35 @@ def recipe(name):
     return RECIPES[name]
 
 
-def crop_flip(x, size, pad, flip, gen):
-    """Cut one size x size window per image from a batch already padded by `pad`, at a random offset,
-    mirrored with probability `flip`: one gather over the flattened image plane (the flip is folded
-    into the column index), about 8x faster on CPU than indexing all four dimensions."""
+def draw(r, n, gen, size=32):
+    """Every random choice of an epoch at once, one row per image: crop offset (dy, dx), mirror,
+    cutout centre (cy, cx). Drawn on the CPU from (seed, epoch) and copied to the device once per
+    epoch, so a step never waits on a host-to-device copy, and any rank or resume can re-draw them."""
+    p = torch.zeros(n, 5, dtype=torch.int64)
+    if r.pad:
+        p[:, :2] = torch.randint(0, 2 * r.pad + 1, (n, 2), generator=gen)
+    if r.flip:
+        p[:, 2] = torch.rand(n, generator=gen) < r.flip
+    if r.cutout:
+        p[:, 3:] = torch.randint(0, size, (n, 2), generator=gen)
+    return p
+
+
+def crop_flip(x, size, dy, dx, mirror):
+    """Cut one size x size window per image from a padded batch at offset (dy, dx), mirrored where
+    `mirror`: one gather over the flattened image plane (the flip is folded into the column index),
+    about 8x faster on CPU than indexing all four dimensions."""
     n, c, _, wp = x.shape
-    dev = x.device
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(dev)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(dev)
-    mirror = (torch.rand(n, generator=gen) < flip).to(dev)
-    j = torch.arange(size, device=dev)
-    cols = dx[:, None] + torch.where(mirror[:, None], size - 1 - j, j)
+    j = torch.arange(size, device=x.device)
+    cols = dx[:, None] + torch.where(mirror[:, None].bool(), size - 1 - j, j)
     rows = dy[:, None] + j
     index = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, size * size)
     return x.flatten(2).gather(2, index.expand(n, c, size * size)).view(n, c, size, size)
 
 
-def cutout(x, size, gen):
-    """Zero one size x size square per image (centre anywhere, so squares may be clipped by the border)."""
-    n, _, h, w = x.shape
-    cy = torch.randint(0, h, (n,), generator=gen).to(x.device)
-    cx = torch.randint(0, w, (n,), generator=gen).to(x.device)
+def cutout(x, size, cy, cx):
+    """Zero one size x size square per image centred at (cy, cx) (clipped by the border)."""
+    _, _, h, w = x.shape
     ys = torch.arange(h, device=x.device)[None, :, None]
     xs = torch.arange(w, device=x.device)[None, None, :]
     dy = ys - cy[:, None, None] + size // 2
@@ -65,10 +74,10 @@ def cutout(x, size, gen):
     return x.masked_fill(inside[:, None], 0)
 
 
-def batch_augment(x, r, gen, size=32):
-    """Crop and flip a uint8 batch that the loader padded by r.pad (cutout comes after normalisation)."""
+def batch_augment(x, r, p, size=32):
+    """Crop and flip a uint8 batch that the loader padded by r.pad, with its rows `p` of draw()."""
     if r.pad or r.flip:
-        return crop_flip(x, size, r.pad, r.flip, gen)
+        return crop_flip(x, size, p[:, 0], p[:, 1], p[:, 2])
     return x
 
 

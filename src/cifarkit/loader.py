@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import RECIPES, albu_pipeline, batch_augment, cutout
+from .augment import RECIPES, albu_pipeline, batch_augment, cutout, draw
 
 
 def channel_stats(images):
@@ -46,18 +46,20 @@ def generator(seed, epoch, batch=-1):
 class DeviceLoader:
     """The split as one tensor on `device`; a new permutation each epoch; batched augmentation.
 
-    Shuffling and augmentation depend only on (seed, epoch, batch index): `batches(epoch, start)`
-    re-makes exactly the batches an interrupted run had not yet seen.
+    Shuffling and augmentation depend only on (seed, epoch): `batches(epoch, start)` re-makes
+    exactly the batches an interrupted run had not yet seen. `batch_size` is the global batch;
+    under torchrun each rank (`dist`) takes its own share of every batch.
     """
 
     def __init__(self, images, labels, batch_size, normalize, device, recipe=RECIPES["none"],
-                 shuffle=False, drop_last=False, seed=0):
+                 shuffle=False, drop_last=False, seed=0, dist=None):
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
         self.size = x.shape[-1]
         self.x = F.pad(x, (recipe.pad,) * 4) if recipe.pad else x  # padded once, not per batch
         self.y = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         self.batch_size, self.normalize, self.recipe = batch_size, normalize, recipe
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.shard = dist.shard if dist is not None else (lambda n: slice(0, n))
 
     def __len__(self):
         n = len(self.y)
@@ -68,14 +70,18 @@ class DeviceLoader:
 
     def batches(self, epoch, start=0):
         n = len(self.y)
-        order = torch.randperm(n, generator=generator(self.seed, epoch)) if self.shuffle else torch.arange(n)
-        order = order.to(self.x.device)
+        gen = generator(self.seed, epoch)
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        plan = torch.cat([order[:, None], draw(self.recipe, n, gen, self.size)], 1).to(self.x.device)  # one copy
         for i in range(start, len(self)):
-            gen = generator(self.seed, epoch, i)
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            x = self.normalize(batch_augment(self.x[idx], self.recipe, gen, self.size))
+            part = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))
+            mine = self.shard(part.stop - part.start)
+            p = plan[part][mine]
+            idx = p[:, 0]
+            p = p[:, 1:]
+            x = self.normalize(batch_augment(self.x[idx], self.recipe, p, self.size))
             if self.recipe.cutout:
-                x = cutout(x, self.recipe.cutout, gen)
+                x = cutout(x, self.recipe.cutout, p[:, 3], p[:, 4])
             yield x, self.y[idx]
 
 

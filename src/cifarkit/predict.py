@@ -31,23 +31,32 @@ def _views(x, tta):
             yield shifted.flip(3)
 
 
+def _averaged(model, x, device, amp, tta):
+    with runtime.autocast(device, amp):
+        return torch.stack([model(v).float() for v in _views(x, tta)]).mean(0)
+
+
 @torch.no_grad()
 def logits(model, loader, device, amp=None, tta=None):
     """Logits for every batch of `loader`, in order; with `tta` ('flip', 'flip_shift'), averaged over views."""
     model.eval()
-    out = []
-    for x, _ in loader:
-        with runtime.autocast(device, amp):
-            views = [model(v).float() for v in _views(x, tta)]
-        out.append(torch.stack(views).mean(0))
-    return torch.cat(out)
+    return torch.cat([_averaged(model, x, device, amp, tta) for x, _ in loader])
 
 
-def evaluate(model, loader, device, amp=None, tta=None):
-    """Mean cross-entropy and accuracy over a labelled loader."""
-    z = logits(model, loader, device, amp, tta)
-    y = loader.y
-    return F.cross_entropy(z, y).item(), (z.argmax(1) == y).float().mean().item()
+@torch.no_grad()
+def evaluate(model, loader, device, amp=None, tta=None, dist=None):
+    """Mean cross-entropy and accuracy over a labelled loader (NaN for an empty one). Under torchrun
+    each rank scores its share of every batch and the sums are reduced."""
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, images
+    for x, y in loader:
+        z = _averaged(model, x, device, amp, tta)
+        sums += torch.stack([F.cross_entropy(z, y, reduction="sum"), (z.argmax(1) == y).sum(),
+                             torch.tensor(len(y), device=device)]).double()
+    if dist is not None:
+        dist.sum(sums)
+    loss, correct, n = sums.tolist()
+    return (loss / n, correct / n) if n else (float("nan"), float("nan"))
 
 
 def load_model(ckpt, device, channels_last=True):

@@ -1,22 +1,30 @@
-"""The training loop: split -> loader -> model -> one loop over epochs -> log, curves, checkpoints.
+"""The training loop, in four parts that each own one concern (the shape of timm's train.py):
+
+- `setup`: the run folder, split, model, optimizer and loaders, and the state to resume from;
+- `train_one_epoch`: the steps (learning rate, forward/backward, EMA, mid-epoch saves);
+- `predict.evaluate`: validation, sharded over the ranks and reduced under torchrun;
+- `Writer`: every file and line a run leaves, written by rank 0 alone.
 
 Defaults come from the model's registry entry; flags override them. The learning rate follows a
 linear warm-up and linear decay over training progress, where progress is steps done / steps
-planned, or, with a time budget, seconds spent / seconds allowed: the same schedule fits any budget.
+planned, or, with a time budget, seconds spent / seconds allowed (the slowest rank's, so all ranks
+stop at the same step): the same schedule fits any budget.
 
-`last.pt` holds everything the loop needs to go on (weights, optimizer, scaler, EMA, RNG, epoch,
-batch, log rows), written at every epoch end and every --checkpoint-interval steps; `--resume`
+`last.pt` holds everything the loop needs to go on (weights, optimizer, scaler, EMA, RNG, the
+`LoopState`), written at every epoch end and every --checkpoint-interval steps; `--resume`
 continues from it on the same curve, because batches depend only on (seed, epoch, batch index).
 """
 
 import argparse
 import json
 import time
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -30,6 +38,7 @@ from .predict import evaluate
 GLOBAL_DEFAULTS = dict(epochs=10, lr=0.05, batch_size=128, weight_decay=5e-4, aug="crop_flip",
                        label_smoothing=0.1, ema=False)
 WARMUP = 0.1  # fraction of training spent warming the learning rate up
+EXTENDABLE = ("epochs", "time_budget")  # what --resume may change: the length of the run
 
 
 def resolve(args):
@@ -68,43 +77,121 @@ def resume_point(resume, output):
     return path / "last.pt" if path.is_dir() else path
 
 
-def fit(args):
-    """Train one run (or continue one); returns its folder (config.json, log.csv, curves.png, best.pt, last.pt)."""
-    from timm.optim import create_optimizer_v2
-    from timm.utils import ModelEmaV3
+@dataclass
+class LoopState:
+    """Where the loop stands; last.pt stores it and --resume restores it. Under torchrun the running
+    sums saved are the sums over all ranks, so after a resume rank 0 alone carries them on."""
+    epoch: int = 1
+    batch: int = 0
+    step: int = 0
+    train_seconds: float = 0.0
+    best: float = -1.0
+    rows: list = field(default_factory=list)
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
 
-    from .report import plot_curves
+    def next_epoch(self):
+        self.epoch, self.batch, self.loss_sum, self.correct, self.seen = self.epoch + 1, 0, 0.0, 0, 0
 
-    saved = None
-    if getattr(args, "resume", None):
-        path = resume_point(args.resume, args.output)
-        saved = checkpoint.load(path)
-        if "train_state" not in saved:
-            raise UserError(f"{path} cannot be resumed from (no training state): resume from a run's last.pt")
-        args = argparse.Namespace(**saved["train_state"]["args"])
-        run_dir = path.parent
-    else:
+
+@dataclass
+class Run:
+    """What `setup` hands the loop."""
+    args: argparse.Namespace
+    run_dir: Path
+    dist: runtime.Dist
+    device: torch.device
+    amp: object
+    model: nn.Module  # the network itself: checkpoints and EMA read it
+    train_model: nn.Module  # what the steps call: the same network, DDP-wrapped and/or compiled
+    ema: object
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    train_loader: object
+    val_loader: DeviceLoader
+    meta: dict  # what every checkpoint carries for predict
+    config: dict
+    state: LoopState
+    resumed: bool
+
+    @property
+    def eval_model(self):
+        return self.ema.module if self.ema is not None else self.model
+
+    def progress(self):
+        if self.args.time_budget:
+            return self.dist.max(self.state.train_seconds / self.args.time_budget)
+        return self.state.step / (self.args.epochs * len(self.train_loader))
+
+
+def _open_run(args, dist):
+    """(args, run folder, saved last.pt or None): a new run's resolved flags, or a resumed run's own,
+    lengthened if --epochs / --time-budget ask for it."""
+    if not getattr(args, "resume", None):
         args = resolve(args)
-        name = args.experiment or f"{args.dataset}-{args.model}-{datetime.now():%Y%m%d-%H%M%S}"
+        name = dist.broadcast(args.experiment or f"{args.dataset}-{args.model}-{datetime.now():%Y%m%d-%H%M%S}")
         run_dir = Path(args.output) / name
         if (run_dir / "last.pt").exists():
             raise UserError(f"{run_dir}/ already holds a run: continue it with --resume {run_dir}, or choose another --experiment")
+        return args, run_dir, None
+    path = resume_point(args.resume, args.output)
+    saved = checkpoint.load(path)
+    if "train_state" not in saved:
+        raise UserError(f"{path} cannot be resumed from (no training state): resume from a run's last.pt")
+    longer = {k: getattr(args, k) for k in EXTENDABLE if getattr(args, k, None) is not None}
+    args = argparse.Namespace(**saved["train_state"]["args"])
+    done = saved["train_state"]["loop"]
+    if "epochs" in longer:
+        if args.time_budget:
+            raise UserError(f"{path.parent} was trained with --time-budget: lengthen it with --time-budget, not --epochs")
+        if longer["epochs"] < done["epoch"] - (done["batch"] == 0):
+            raise UserError(f"--epochs {longer['epochs']} is fewer than the run has done already")
+    if "time_budget" in longer:
+        if not args.time_budget:
+            raise UserError(f"{path.parent} was trained for a number of epochs: lengthen it with --epochs")
+        if longer["time_budget"] <= done["train_seconds"]:
+            raise UserError(f"--time-budget {longer['time_budget']:g} is less than the {done['train_seconds']:.0f} s trained already")
+    vars(args).update(longer)
+    return args, path.parent, saved
 
-    device = runtime.pick_device(args.device)
-    torch.manual_seed(args.seed)
-    split_dir = split.ensure(args.dataset, args.data_dir, args.split_dir, args.train_per_class,
-                             args.val_per_class, args.seed)
+
+def setup(args):
+    """Everything the loop needs, built once: run folder, split, model, optimizer, loaders, resume state."""
+    from timm.optim import create_optimizer_v2
+    from timm.utils import ModelEmaV3
+
+    dist, device = runtime.init_distributed(getattr(args, "device", "auto"))
+    args, run_dir, saved = _open_run(args, dist)
+    if dist.world > 1:
+        runtime.stop_on_sigterm(run_dir)
+    if args.sync_bn and dist.world > 1 and device.type != "cuda":
+        raise UserError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm does not run on CPUs")
+    if args.aug == "albu" and dist.world > 1:
+        raise UserError("--aug albu does not run under torchrun yet: use a batched recipe (--aug crop_flip)")
+    torch.manual_seed(args.seed)  # the same on every rank: one initialisation, as DDP expects
+    split_dir = dist.first(lambda: split.ensure(args.dataset, args.data_dir, args.split_dir, args.train_per_class,
+                                                args.val_per_class, args.seed))
     s = split.load(split_dir, ("train", "val"))
     classes = s["manifest"]["classes"]
     mean, std = channel_stats(s["train_images"])
-    model = models.create(args.model, len(classes), args.pretrained and saved is None, args.pretrained_file)
+    model = dist.first(lambda: models.create(args.model, len(classes), args.pretrained and saved is None,
+                                             args.pretrained_file))
     amp = runtime.amp_dtype(device, args.amp)
-    amp_name = str(amp).removeprefix("torch.") if amp else "off"
     model.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
     norm = Normalize(mean, std, device, args.channels_last)
     if hasattr(model, "init_from_data") and saved is None:
         sample = torch.from_numpy(s["train_images"][:5000]).permute(0, 3, 1, 2).to(device)
         model.init_from_data(norm(sample))
+
+    train_model = model
+    if dist.world > 1:
+        if args.sync_bn:
+            train_model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        train_model = nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.torchcompile:
+        train_model = torch.compile(train_model, backend=args.torchcompile)
 
     r = get_recipe(args.aug)
     drop_last = len(s["train_labels"]) >= args.batch_size  # a split smaller than a batch still trains
@@ -113,22 +200,14 @@ def fit(args):
                                   workers=args.workers, seed=args.seed, drop_last=drop_last)
     else:
         train_loader = DeviceLoader(s["train_images"], s["train_labels"], args.batch_size, norm, device, r,
-                                    shuffle=True, drop_last=drop_last, seed=args.seed)
-    val_loader = DeviceLoader(s["val_images"], s["val_labels"], 512, norm, device)
+                                    shuffle=True, drop_last=drop_last, seed=args.seed, dist=dist)
+    val_loader = DeviceLoader(s["val_images"], s["val_labels"], 512, norm, device, dist=dist)
 
     opt = create_optimizer_v2(model, "sgd", lr=args.lr, weight_decay=args.weight_decay, momentum=0.9)
     ema = ModelEmaV3(model, decay=0.999, use_warmup=True) if args.ema else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
-
-    # The loop's whole state; last.pt stores it, --resume restores it.
-    st = dict(epoch=1, batch=0, step=0, train_seconds=0.0, best=-1.0, rows=[], loss_sum=0.0, correct=0, seen=0)
-    if saved is None:
-        config = dict(vars(args), run_dir=str(run_dir), split_dir=str(split_dir), device=str(device),
-                      amp=amp_name, mean=mean, std=std,
-                      num_classes=len(classes), train_images=len(s["train_labels"]))
-        write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
-        action = "training"
-    else:
+    state = LoopState()
+    if saved is not None:
         ts = saved["train_state"]
         model.load_state_dict(ts["model"])
         opt.load_state_dict(ts["optimizer"])
@@ -136,102 +215,171 @@ def fit(args):
         if ema is not None:
             ema.load_state_dict(ts["ema"])
         torch.set_rng_state(ts["rng"])
-        st.update(ts["loop"])
-        action = f"resuming at epoch {st['epoch']}, batch {st['batch']}:"
-    print(f"{action} {args.model} on {args.dataset} ({len(s['train_labels'])} train / {len(s['val_labels'])} val) "
-          f"on {device}{f' with {amp_name} autocast' if amp else ''}, aug {args.aug}, "
-          f"{f'budget {args.time_budget:g} s' if args.time_budget else f'{args.epochs} epoch(s)'} -> {run_dir}/",
-          flush=True)
+        if device.type == "cuda" and ts.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ts["cuda_rng"], device)
+        state = LoopState(**ts["loop"])
+        if not dist.main:  # the saved running sums are all ranks'; rank 0 carries them on
+            state.loss_sum, state.correct, state.seen = 0.0, 0, 0
 
-    base = dict(model=args.model, num_classes=len(classes), classes=classes, mean=mean, std=std,
+    meta = dict(model=args.model, num_classes=len(classes), classes=classes, mean=mean, std=std,
                 dataset=args.dataset, split_dir=str(split_dir), seed=args.seed, device=str(device),
                 train_per_class=s["manifest"]["train_per_class"], val_per_class=s["manifest"]["val_per_class"])
+    config = dict(vars(args), run_dir=str(run_dir), split_dir=str(split_dir), device=str(device),
+                  amp=str(amp).removeprefix("torch.") if amp else "off", mean=mean, std=std,
+                  num_classes=len(classes), train_images=len(s["train_labels"]), val_images=len(s["val_labels"]),
+                  params=sum(p.numel() for p in model.parameters()), world_size=dist.world)
+    return Run(args, run_dir, dist, device, amp, model, train_model, ema, opt, scaler, train_loader, val_loader,
+               meta, config, state, saved is not None)
 
-    def save_last():
-        eval_model = ema.module if ema is not None else model
-        state = dict(
-            model=model.state_dict(), optimizer=opt.state_dict(), scaler=scaler.state_dict(),
-            ema=ema.state_dict() if ema is not None else None, rng=torch.get_rng_state(),
-            loop={k: v for k, v in st.items()}, args=vars(args))
-        last_row = st["rows"][-1] if st["rows"] else {}
-        checkpoint.save(run_dir / "last.pt", dict(
-            base, state_dict=eval_model.state_dict(), epoch=len(st["rows"]),
-            val_acc=last_row.get("val_acc", float("nan")), best_val_acc=st["best"],
-            train_seconds=st["train_seconds"], train_state=state))
 
-    steps_planned = args.epochs * len(train_loader)
-    progress, lr = 0.0, 0.0
-    while progress < 1 and (args.time_budget or st["epoch"] <= args.epochs):
-        model.train()
-        t0 = time.perf_counter()
-        seconds_before = st["train_seconds"]
-        total = f"/{args.epochs}" if not args.time_budget else ""
-        bar = tqdm(train_loader.batches(st["epoch"], st["batch"]), total=len(train_loader), initial=st["batch"],
-                   desc=f"epoch {st['epoch']}{total}", leave=False, disable=None, unit="batch")
-        # Running sums stay on the device: reading them each step would stall a GPU once per step.
-        loss_sum = torch.tensor(st["loss_sum"], dtype=torch.float64, device=device)
-        correct = torch.tensor(st["correct"], dtype=torch.int64, device=device)
+def _global_sums(r, loss_sum, correct):
+    """(loss sum, correct, images) of the epoch so far, over all ranks."""
+    t = torch.stack([loss_sum, correct.double(), torch.tensor(float(r.state.seen), device=r.device, dtype=torch.float64)])
+    loss, right, seen = r.dist.sum(t).tolist()
+    return loss, int(round(right)), int(round(seen))
 
-        def sync():
-            st["loss_sum"], st["correct"] = loss_sum.item(), int(correct.item())
 
-        for x, y in bar:
-            st["train_seconds"] = seconds_before + time.perf_counter() - t0
-            progress = st["train_seconds"] / args.time_budget if args.time_budget else st["step"] / steps_planned
-            if progress >= 1:
-                break
-            lr = args.lr * lr_factor(progress)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            with runtime.autocast(device, amp):
-                out = model(x)
-                loss = F.cross_entropy(out, y, label_smoothing=args.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            if ema is not None:
-                ema.update(model, step=st["step"])
-            st["step"] += 1
-            st["batch"] += 1
-            loss_sum += loss.detach().double() * len(y)
-            correct += (out.argmax(1) == y).sum()
-            st["seen"] += len(y)
-            if bar.disable is False and st["step"] % 20 == 0:
-                sync()
-                bar.set_postfix(loss=f"{st['loss_sum'] / st['seen']:.3f}", acc=f"{st['correct'] / st['seen']:.3f}",
-                                refresh=False)
-            if args.checkpoint_interval and st["step"] % args.checkpoint_interval == 0:
-                st["train_seconds"] = seconds_before + time.perf_counter() - t0
-                sync()
-                save_last()
-        bar.close()
-        sync()
-        st["train_seconds"] = seconds_before + time.perf_counter() - t0
-        if not args.time_budget:
-            progress = st["step"] / steps_planned
-        if st["seen"] == 0:
+def train_one_epoch(r, writer):
+    """The steps of one epoch, from where the state stands; stops early when progress reaches 1.
+    Returns the epoch's last learning rate and its (loss sum, correct, images) over all ranks."""
+    st, args = r.state, r.args
+    r.train_model.train()
+    t0, before = time.perf_counter(), st.train_seconds
+    bar = writer.bar(r.train_loader.batches(st.epoch, st.batch), len(r.train_loader), st.batch,
+                     f"epoch {st.epoch}" + ("" if args.time_budget else f"/{args.epochs}"))
+    live = not bar.disable  # tqdm leaves disable None on a terminal
+    # Running sums stay on the device: reading them each step would stall a GPU once per step.
+    loss_sum = torch.tensor(st.loss_sum, dtype=torch.float64, device=r.device)
+    correct = torch.tensor(st.correct, dtype=torch.int64, device=r.device)
+    lr = 0.0
+    for x, y in bar:
+        st.train_seconds = before + time.perf_counter() - t0
+        progress = r.progress()
+        if progress >= 1:
             break
-        eval_model = ema.module if ema is not None else model
-        val_loss, val_acc = evaluate(eval_model, val_loader, device, amp)
-        epoch_seconds = st["train_seconds"] - sum(r["seconds"] for r in st["rows"])
-        st["rows"].append(dict(
-            epoch=st["epoch"], train_loss=st["loss_sum"] / st["seen"], train_acc=st["correct"] / st["seen"],
-            val_loss=val_loss, val_acc=val_acc, lr=lr, seconds=round(epoch_seconds, 2),
-            train_seconds=round(st["train_seconds"], 2), images_per_s=round(st["seen"] / max(epoch_seconds, 1e-9), 1)))
-        write_text(run_dir / "log.csv", pd.DataFrame(st["rows"]).to_csv(index=False))
-        plot_curves(pd.DataFrame(st["rows"]), run_dir / "curves.png", f"{args.model} on {args.dataset}")
-        if val_acc > st["best"]:
-            st["best"] = val_acc
-            checkpoint.save(run_dir / "best.pt", dict(base, state_dict=eval_model.state_dict(), epoch=st["epoch"],
-                                                      val_acc=val_acc, best_val_acc=val_acc,
-                                                      train_seconds=st["train_seconds"]))
-        row = st["rows"][-1]
-        print(f"epoch {st['epoch']:3d}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+        lr = args.lr * lr_factor(progress)
+        for g in r.opt.param_groups:
+            g["lr"] = lr
+        with runtime.autocast(r.device, r.amp):
+            out = r.train_model(x)
+            loss = F.cross_entropy(out, y, label_smoothing=args.label_smoothing)
+        r.opt.zero_grad(set_to_none=True)
+        r.scaler.scale(loss).backward()
+        r.scaler.step(r.opt)
+        r.scaler.update()
+        if r.ema is not None:
+            r.ema.update(r.model, step=st.step)
+        st.step += 1
+        st.batch += 1
+        loss_sum += loss.detach().double() * len(y)
+        correct += (out.argmax(1) == y).sum()
+        st.seen += len(y)
+        if live and st.step % 20 == 0:
+            bar.set_postfix(loss=f"{loss_sum.item() / st.seen:.3f}", acc=f"{correct.item() / st.seen:.3f}",
+                            refresh=False)
+        if args.checkpoint_interval and st.step % args.checkpoint_interval == 0:
+            st.train_seconds = before + time.perf_counter() - t0
+            writer.save_last(_global_sums(r, loss_sum, correct))
+    bar.close()
+    st.loss_sum, st.correct = loss_sum.item(), int(correct.item())
+    st.train_seconds = before + time.perf_counter() - t0
+    return lr, _global_sums(r, loss_sum, correct)
+
+
+class Writer:
+    """Every file and line a run leaves: config.json, log.csv, curves.png, best.pt, last.pt, the
+    set-up and epoch lines, the progress bar. Off rank 0 it stays quiet and writes nothing."""
+
+    def __init__(self, r):
+        self.r, self.on = r, r.dist.main
+
+    def print(self, text):
+        if self.on:
+            print(text, flush=True)
+
+    def bar(self, batches, total, initial, desc):
+        return tqdm(batches, total=total, initial=initial, desc=desc, leave=False, unit="batch",
+                    disable=None if self.on else True)
+
+    def start(self):
+        r, a = self.r, self.r.args
+        if self.on and not r.resumed:
+            write_text(r.run_dir / "config.json", json.dumps(r.config, indent=2) + "\n")
+        st = r.state
+        action = f"resuming at epoch {st.epoch}, batch {st.batch}:" if r.resumed else "training"
+        ranks = f" x {r.dist.world} processes" if r.dist.world > 1 else ""
+        amp = f" with {r.config['amp']} autocast" if r.amp else ""
+        self.print(f"{action} {a.model} on {a.dataset} ({r.config['train_images']} train / "
+                   f"{r.config['val_images']} val) on {r.device}{ranks}{amp}, aug {a.aug}, "
+                   f"{f'budget {a.time_budget:g} s' if a.time_budget else f'{a.epochs} epoch(s)'} -> {r.run_dir}/")
+        if not r.config["val_images"]:
+            self.print("no validation split (--val-per-class 0): no validation figure exists; "
+                       "best.pt holds the weights of the last epoch")
+
+    def end_epoch(self, lr, sums, val_loss, val_acc):
+        r, st = self.r, self.r.state
+        loss, right, seen = sums
+        epoch_seconds = st.train_seconds - sum(row["seconds"] for row in st.rows)
+        st.rows.append(dict(
+            epoch=st.epoch, train_loss=loss / seen, train_acc=right / seen, val_loss=val_loss, val_acc=val_acc,
+            lr=lr, seconds=round(epoch_seconds, 2), train_seconds=round(st.train_seconds, 2),
+            images_per_s=round(seen / max(epoch_seconds, 1e-9), 1)))
+        improved = val_acc > st.best or not r.config["val_images"]
+        if improved:
+            st.best = val_acc
+        if not self.on:
+            return
+        from .report import plot_curves
+
+        write_text(r.run_dir / "log.csv", pd.DataFrame(st.rows).to_csv(index=False))
+        plot_curves(pd.DataFrame(st.rows), r.run_dir / "curves.png", f"{r.args.model} on {r.args.dataset}")
+        if improved:
+            checkpoint.save(r.run_dir / "best.pt", dict(
+                r.meta, state_dict=r.eval_model.state_dict(), epoch=st.epoch, val_acc=val_acc,
+                best_val_acc=val_acc, train_seconds=st.train_seconds))
+        print(f"epoch {st.epoch:3d}  train loss {loss / seen:.4f} acc {right / seen:.4f}  "
               f"val loss {val_loss:.4f} acc {val_acc:.4f}  lr {lr:.4g}  {epoch_seconds:.1f}s", flush=True)
-        st.update(epoch=st["epoch"] + 1, batch=0, loss_sum=0.0, correct=0, seen=0)
-        save_last()
-    if not st["rows"]:
-        raise UserError("no epoch finished: raise --time-budget or --epochs")
-    print(f"done: best val acc {st['best']:.4f}, {st['train_seconds']:.0f} s of training on {device}; run in {run_dir}/")
-    return run_dir
+
+    def save_last(self, sums=None):
+        """last.pt: the weights to use and the whole training state. `sums` are the running sums of a
+        mid-epoch save over all ranks (None at an epoch's end)."""
+        r = self.r
+        if not self.on:
+            return
+        loop = asdict(r.state)
+        if sums is not None:
+            loop["loss_sum"], loop["correct"], loop["seen"] = sums
+        state = dict(
+            model=r.model.state_dict(), optimizer=r.opt.state_dict(), scaler=r.scaler.state_dict(),
+            ema=r.ema.state_dict() if r.ema is not None else None, rng=torch.get_rng_state(),
+            cuda_rng=torch.cuda.get_rng_state(r.device) if r.device.type == "cuda" else None,
+            loop=loop, args=vars(r.args))
+        last_row = r.state.rows[-1] if r.state.rows else {}
+        checkpoint.save(r.run_dir / "last.pt", dict(
+            r.meta, state_dict=r.eval_model.state_dict(), epoch=len(r.state.rows),
+            val_acc=last_row.get("val_acc", float("nan")), best_val_acc=r.state.best,
+            train_seconds=r.state.train_seconds, train_state=state))
+
+
+def fit(args):
+    """Train one run (or continue one); returns its folder (config.json, log.csv, curves.png, best.pt, last.pt)."""
+    r = setup(args)
+    try:
+        w, st = Writer(r), r.state
+        w.start()
+        while r.progress() < 1 and (r.args.time_budget or st.epoch <= r.args.epochs):
+            lr, sums = train_one_epoch(r, w)
+            if sums[2] == 0:
+                break
+            w.end_epoch(lr, sums, *evaluate(r.eval_model, r.val_loader, r.device, r.amp, dist=r.dist))
+            st.next_epoch()
+            w.save_last()
+        if not st.rows:
+            raise UserError("no epoch finished: raise --time-budget or --epochs")
+        w.print(f"done: best val acc {st.best:.4f}, {st.train_seconds:.0f} s of training on {r.device}; "
+                f"run in {r.run_dir}/")
+    except RuntimeError as e:
+        raise runtime.lost_peer(e, r.dist, r.run_dir) from None
+    finally:
+        runtime.end_distributed()
+    return r.run_dir

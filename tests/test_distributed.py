@@ -1,0 +1,115 @@
+"""torchrun: 2 gloo processes on the CPU, tiny data. One run, the same result as one process, clean stops."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import ROOT
+
+TINY = ["--dataset", "cifar10", "--train-per-class", "9", "--val-per-class", "3", "--no-amp"]
+
+
+def torchrun(*argv, cwd, nproc=2, **kw):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           str(ROOT / "train.py"), *map(str, argv)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def finish(proc, timeout=240):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+@pytest.fixture
+def data(cifar10_dir):
+    return ["--data-dir", str(cifar10_dir), *TINY]
+
+
+def test_one_run_folder_one_log_no_duplicate_lines(data, tmp_path):
+    code, out, err = finish(torchrun(*data, "--model", "simple_cnn", "--epochs", "2", "-b", "16",
+                                     "--experiment", "ddp", cwd=tmp_path))
+    assert code == 0, err
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ddp"]
+    assert sorted(p.name for p in (tmp_path / "runs" / "ddp").iterdir()) == [
+        "best.pt", "config.json", "curves.png", "last.pt", "log.csv"]
+    assert pd.read_csv(tmp_path / "runs" / "ddp" / "log.csv")["epoch"].tolist() == [1, 2]
+    assert out.count("epoch   1 ") == 1 and out.count("done:") == 1 and out.count("built cifar10 split") == 1
+    assert "x 2 processes" in out
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(data, tmp_path, train_main):
+    """ConvNeXt normalises per image (LayerNorm), so splitting a batch over ranks changes nothing but
+    the order of float sums; a batch-norm net would see other batch statistics on each rank."""
+    args = [*data, "--model", "convnext_atto", "--no-pretrained", "--epochs", "2", "-b", "16", "--seed", "5"]
+    code, out, err = finish(torchrun(*args, "--experiment", "two", cwd=tmp_path))
+    assert code == 0, err
+    train_main([*args, "--experiment", "one", "--device", "cpu"])
+    one, two = (torch.load(tmp_path / "runs" / n / "last.pt", weights_only=True) for n in ("one", "two"))
+    for k, v in one["state_dict"].items():
+        torch.testing.assert_close(two["state_dict"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+    log1, log2 = (pd.read_csv(tmp_path / "runs" / n / "log.csv") for n in ("one", "two"))
+    for col in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+        assert log2[col].tolist() == pytest.approx(log1[col].tolist(), rel=1e-4, abs=1e-6), col
+
+
+def test_time_budget_stops_every_rank_cleanly(data, tmp_path):
+    code, out, err = finish(torchrun(*data, "--model", "simple_cnn", "--time-budget", "4", "-b", "8",
+                                     "--experiment", "budget", cwd=tmp_path))
+    assert code == 0, err
+    log = pd.read_csv(tmp_path / "runs" / "budget" / "log.csv")
+    assert len(log) >= 1 and log["train_seconds"].iloc[-1] <= 4 + 1
+    assert "done:" in out
+
+
+def _children(pid):
+    """The worker processes torchrun started (Linux /proc)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return sorted(kids)
+
+
+def _saved_epochs(path):
+    try:
+        return torch.load(path, weights_only=True)["epoch"]
+    except Exception:  # not there yet, or mid-rename
+        return -1
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds torchrun's workers through /proc")
+def test_a_killed_rank_ends_the_run_in_one_line_and_resume_continues(data, tmp_path):
+    args = [*data, "--model", "simple_cnn", "--epochs", "40", "-b", "8", "--experiment", "killed"]
+    proc = torchrun(*args, cwd=tmp_path)
+    last = tmp_path / "runs" / "killed" / "last.pt"
+    deadline = time.time() + 120
+    while _saved_epochs(last) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert len(workers) == 2 and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else workers
+    os.kill(workers[1], signal.SIGKILL)
+    t0 = time.time()
+    code, out, err = finish(proc, timeout=60)
+    assert time.time() - t0 < 30 and code != 0
+    ours = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert ours and all("--resume runs/killed" in line for line in ours), err
+    assert any("lost contact with another process" in line or "another process of this distributed run" in line
+               for line in ours)
+    assert f'File "{ROOT}' not in err, "no traceback through our code (torchrun prints its own summary)"
+
+    code, out, err = finish(torchrun("--resume", "runs/killed", "--epochs", "6", cwd=tmp_path))
+    assert code == 0, err
+    assert "resuming at epoch" in out
+    assert pd.read_csv(last.parent / "log.csv")["epoch"].tolist() == list(range(1, 7))
