@@ -25,6 +25,29 @@ def parser():
     p.add_argument("--pretrained-file", default=None,
                    help="local ImageNet weights (.pth/.safetensors, timm or torchvision layout; a file "
                         "without the classifier is fine): use this offline")
+    p.add_argument("--initial-checkpoint", default=None, metavar="PATH",
+                   help="start from these weights: one of our checkpoints (say a CIFAR-10 run's best.pt for a "
+                        "CIFAR-100 run; its normalisation comes along) or any timm/torchvision state dict; a "
+                        "classifier for other classes is replaced")
+    p.add_argument("--img-size", type=int, default=None, metavar="N",
+                   help="resize every batch to N x N px on the device before the model (train and predict); "
+                        "ImageNet weights pay off at 64-128 px and more, at 4-16x the compute of 32 px "
+                        "(default: the model's; a fixed-size model's own)")
+    p.add_argument("--norm-stats", choices=["auto", "split"], default="auto",
+                   help="auto: normalise with the starting weights' own mean/std (ImageNet's for pretrained "
+                        "models), the training split's for scratch nets; split: always the split's")
+    p.add_argument("--freeze-epochs", type=int, default=None, metavar="N",
+                   help="train the classifier alone for the first N epochs (backbone held), then everything "
+                        "(default: the model's, 0)")
+    p.add_argument("--backbone-lr-scale", type=float, default=None, metavar="F",
+                   help="learning rate of the layers outside the classifier = --lr x F, for fine-tuning "
+                        "pretrained weights gently (default: the model's, 1)")
+    p.add_argument("--mixup", type=float, default=None, metavar="ALPHA",
+                   help="mixup with Beta(ALPHA, ALPHA) mixing (timm's Mixup, soft-target loss; 0 = off; "
+                        "default: the model's)")
+    p.add_argument("--cutmix", type=float, default=None, metavar="ALPHA",
+                   help="CutMix with Beta(ALPHA, ALPHA) box areas (with --mixup too, one of the two per "
+                        "batch; 0 = off; default: the model's)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the model's)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds of training; the schedule is fitted to it and --epochs is ignored")

@@ -37,6 +37,11 @@ def recipe(name):
     return RECIPES[name]
 
 
+def generator(seed, epoch, batch=-1):
+    """A generator determined by (seed, epoch, batch) alone, so any batch can be re-made after a resume."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + batch + 1) % 2**63)
+
+
 def draw(r, n, gen, size=32):
     """Every random choice of an epoch at once, one row per image: crop offset (dy, dx), mirror,
     cutout centre (cy, cx). Drawn on the CPU from (seed, epoch) and copied to the device once per
@@ -79,6 +84,30 @@ def batch_augment(x, r, p, size=32):
     if r.pad or r.flip:
         return crop_flip(x, size, p[:, 0], p[:, 1], p[:, 2])
     return x
+
+
+def mixer(mixup, cutmix, label_smoothing, num_classes, seed):
+    """timm's Mixup/CutMix as `mix(x, y, epoch, batch) -> (x, soft targets)`, or None when both are off.
+
+    timm draws from numpy's global generator; it is seeded from (seed, epoch, batch) for each batch
+    and put back after, so a mixed batch is re-made exactly after a resume and nothing else shifts.
+    """
+    if not (mixup or cutmix):
+        return None
+    import numpy as np
+    from timm.data import Mixup
+
+    m = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing, num_classes=num_classes)
+
+    def mix(x, y, epoch, batch):
+        outside = np.random.get_state()
+        np.random.seed(generator(seed, epoch, batch).initial_seed() % 2**32)
+        try:
+            return m(x, y)
+        finally:
+            np.random.set_state(outside)
+
+    return mix
 
 
 def albu_pipeline():

@@ -16,20 +16,41 @@ def save(path, payload):
         torch.save(payload, tmp)
 
 
-def load(path):
-    """Load a checkpoint without running code; a file carrying pickled objects is refused."""
+def _read(path):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise UserError(f"{path}: refused, it holds pickled objects beyond weights (unsafe to load)") from None
     except Exception as e:  # truncated zip, not a torch file, ...
         raise UserError(f"{path}: not a readable checkpoint, truncated or corrupted ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED):
+
+
+def _ours(ckpt):
+    return isinstance(ckpt, dict) and all(k in ckpt for k in REQUIRED)
+
+
+def load(path):
+    """Load a checkpoint without running code; a file carrying pickled objects is refused."""
+    ckpt = _read(path)
+    if not _ours(ckpt):
         raise UserError(f"{path}: not a cifarkit checkpoint (needs {', '.join(REQUIRED)})")
     return ckpt
+
+
+def initial(path):
+    """Weights to start a run from (--initial-checkpoint): (state dict, our checkpoint or None). One of
+    ours brings its model name, classes, normalisation and input size; any timm/torchvision state
+    dict (.pth or .safetensors) is read as pretrained weights are."""
+    from .models import read_weights
+
+    if Path(path).suffix != ".safetensors":
+        ckpt = _read(path)
+        if _ours(ckpt):
+            return ckpt["state_dict"], ckpt
+    return read_weights(path), None
 
 
 def newest(output="runs", dataset=None, name="best.pt"):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import RECIPES, albu_pipeline, batch_augment, cutout, draw
+from .augment import RECIPES, albu_pipeline, batch_augment, cutout, draw, generator
 
 
 def channel_stats(images):
@@ -26,21 +26,24 @@ def channel_stats(images):
 
 
 class Normalize:
-    """uint8 NCHW -> float NCHW with the training set's mean/std (and channels_last when asked)."""
+    """uint8 NCHW -> float NCHW with the given mean/std (and channels_last when asked); `resize` then
+    brings an augmented batch to the model's input size on the device (`--img-size`)."""
 
-    def __init__(self, mean, std, device, channels_last=False):
+    def __init__(self, mean, std, device, channels_last=False, size=None):
         self.scale = (1 / (255 * torch.tensor(std, device=device))).view(1, -1, 1, 1)
         self.shift = (torch.tensor(mean, device=device) / torch.tensor(std, device=device)).view(1, -1, 1, 1)
-        self.channels_last = channels_last
+        self.channels_last, self.size = channels_last, size
 
-    def __call__(self, x):
-        x = x.float() * self.scale - self.shift
+    def _layout(self, x):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def __call__(self, x):
+        return self._layout(x.float() * self.scale - self.shift)
 
-def generator(seed, epoch, batch=-1):
-    """A generator determined by (seed, epoch, batch) alone, so any batch can be re-made after a resume."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + batch + 1) % 2**63)
+    def resize(self, x):
+        if not self.size or x.shape[-1] == self.size:
+            return x
+        return self._layout(F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False))
 
 
 class DeviceLoader:
@@ -82,7 +85,7 @@ class DeviceLoader:
             x = self.normalize(batch_augment(self.x[idx], self.recipe, p, self.size))
             if self.recipe.cutout:
                 x = cutout(x, self.recipe.cutout, p[:, 3], p[:, 4])
-            yield x, self.y[idx]
+            yield self.normalize.resize(x), self.y[idx]
 
 
 class _AlbuDataset(torch.utils.data.Dataset):
@@ -120,4 +123,4 @@ class AlbuLoader:
             if i < start:
                 continue
             x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-            yield self.normalize(x), y.to(self.device, non_blocking=True)
+            yield self.normalize.resize(self.normalize(x)), y.to(self.device, non_blocking=True)

@@ -142,7 +142,7 @@ def entry(name):
         return MODELS[name]
     import timm
 
-    if name in timm.list_models():
+    if timm.is_model(name):  # tags too: resnet18.tv_in1k
         return Entry(lambda num_classes: timm.create_model(name, num_classes=num_classes), dict(TRANSFER_DEFAULTS), name)
     raise UserError(f"unknown model {name!r}: ours are {', '.join(list_models())}, or give any timm model name")
 
@@ -220,13 +220,21 @@ def read_weights(path):
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def classifier_name(model):
+    """The classifier's module name: timm's get_classifier() where the model has it, else the last Linear."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    linears = [name for name, m in model.named_modules() if m is head or (head is None and isinstance(m, nn.Linear))]
+    if not linears:
+        raise UserError(f"cannot tell {type(model).__name__}'s classifier: it has no linear layer")
+    return linears[-1]
+
+
 def load_backbone(model, state, source, timm_name):
     """Load every weight but the classifier; refuse a file that does not fit instead of half-loading it."""
-    head = model.pretrained_cfg.get("classifier", "fc") if hasattr(model, "pretrained_cfg") else "fc"
-    heads = (head,) if isinstance(head, str) else tuple(head)
+    head = classifier_name(model)
 
     def is_head(k):
-        return any(k.startswith(h + ".") for h in heads)
+        return k.startswith(head + ".")
 
     own = model.state_dict()
     state = {k: v for k, v in state.items() if not is_head(k)}
@@ -238,3 +246,44 @@ def load_backbone(model, state, source, timm_name):
                     ((missing, "weights missing"), (unexpected, "unexpected keys"), (wrong, "shapes differ")) if x]
         raise UserError(f"{source} is not a {timm_name} weights file: {'; '.join(problems)}")
     model.load_state_dict(state, strict=False)
+
+
+def pretrained_cfg(name):
+    """timm's pretrained config for a transfer model (input size, mean/std), read without any download."""
+    e = entry(name)
+    if e.timm_name is None:
+        return None
+    import timm
+
+    return timm.get_pretrained_cfg(e.timm_name)
+
+
+def input_size(name, requested=None):
+    """The input size to train at: as asked (default 32), unless the model takes only one size (a ViT's
+    patch embedding asserts it), which is then taken from its pretrained config or asked for in one line."""
+    cfg = pretrained_cfg(name)
+    if cfg is not None and cfg.fixed_input_size:
+        fixed = cfg.input_size[-1]
+        if requested not in (None, fixed):
+            raise UserError(f"{name} takes {fixed}-px inputs only (fixed input size): pass --img-size {fixed}, or leave it out")
+        return fixed
+    return requested or 32
+
+
+def load_initial(model, state, source, name):
+    """Start from another run's (or any) weights: all of them when the classifier fits, else all but the
+    classifier, which stays new. Returns a line saying what happened, for the log."""
+    head = classifier_name(model) + "."
+    own = model.state_dict()
+    fits = all(k in own and own[k].shape == v.shape for k, v in state.items() if k.startswith(head))
+    if fits and any(k.startswith(head) for k in state):
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+            raise UserError(f"{source} does not fit {name} ({first})") from None
+        return f"started from {source} (all weights)"
+    load_backbone(model, state, source, name)
+    out = own[head + "weight"].shape[0]
+    theirs = next((v.shape[0] for k, v in state.items() if k == head + "weight"), "no")
+    return f"started from {source}; classifier replaced ({theirs} classes there, {out} here)"

@@ -88,7 +88,7 @@ def run(args):
     if s["manifest"]["classes"] != ckpt["classes"]:
         raise UserError(f"{path} was trained with other classes than the split in {split_dir}/")
     model = load_model(ckpt, device)
-    norm = Normalize(ckpt["mean"], ckpt["std"], device, channels_last=True)
+    norm = Normalize(ckpt["mean"], ckpt["std"], device, channels_last=True, size=ckpt.get("img_size"))
 
     def predict_images(images):
         loader = DeviceLoader(images, np.zeros(len(images), dtype=np.int64), BATCH, norm, device)

@@ -20,6 +20,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -30,13 +31,15 @@ from tqdm import tqdm
 
 from . import checkpoint, models, runtime, split
 from .atomic import write_text
+from .augment import mixer
 from .augment import recipe as get_recipe
 from .errors import UserError
 from .loader import AlbuLoader, DeviceLoader, Normalize, channel_stats
 from .predict import evaluate
 
 GLOBAL_DEFAULTS = dict(epochs=10, lr=0.05, batch_size=128, weight_decay=5e-4, aug="crop_flip",
-                       label_smoothing=0.1, ema=False)
+                       label_smoothing=0.1, ema=False, img_size=None, freeze_epochs=0, backbone_lr_scale=1.0,
+                       mixup=0.0, cutmix=0.0)
 WARMUP = 0.1  # fraction of training spent warming the learning rate up
 EXTENDABLE = ("epochs", "time_budget")  # what --resume may change: the length of the run
 
@@ -47,10 +50,18 @@ def resolve(args):
     for k, v in GLOBAL_DEFAULTS.items():
         if getattr(args, k, None) is None:
             setattr(args, k, e.defaults.get(k, v))
+    if args.initial_checkpoint:
+        if args.pretrained or args.pretrained_file:
+            raise UserError("--initial-checkpoint and --pretrained / --pretrained-file contradict each other: "
+                            "a run starts from one set of weights")
+        if not Path(args.initial_checkpoint).is_file():
+            raise UserError(f"initial checkpoint {args.initial_checkpoint} not found")
+        args.pretrained = False
     if args.pretrained is None:
         args.pretrained = e.timm_name is not None or args.pretrained_file is not None
     if args.pretrained_file and not args.pretrained:
         raise UserError("--pretrained-file and --no-pretrained contradict each other")
+    has_weights = args.pretrained or bool(args.initial_checkpoint)
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         raise UserError("--epochs and --batch-size must be at least 1, --lr positive")
     if args.time_budget is not None and args.time_budget <= 0:
@@ -59,6 +70,20 @@ def resolve(args):
         raise UserError("--label-smoothing must be in [0, 1) and --weight-decay not negative")
     if args.workers < 0 or args.checkpoint_interval < 0:
         raise UserError("--workers and --checkpoint-interval must not be negative")
+    args.img_size = models.input_size(args.model, args.img_size)
+    if not 8 <= args.img_size <= 1024:
+        raise UserError("--img-size must be between 8 and 1024 pixels")
+    if args.freeze_epochs < 0 or (not args.time_budget and args.freeze_epochs >= args.epochs):
+        raise UserError(f"--freeze-epochs must be at least 0 and fewer than --epochs ({args.epochs})")
+    if args.freeze_epochs and not has_weights:
+        raise UserError("--freeze-epochs trains the classifier alone first: it needs weights to start from "
+                        "(pretrained or --initial-checkpoint)")
+    if not 0 < args.backbone_lr_scale <= 1:
+        raise UserError("--backbone-lr-scale must be in (0, 1]")
+    if args.mixup < 0 or args.cutmix < 0:
+        raise UserError("--mixup and --cutmix alphas must not be negative")
+    if (args.mixup or args.cutmix) and args.batch_size % 2:
+        raise UserError("--mixup / --cutmix pair each image with another: --batch-size must be even")
     get_recipe(args.aug)
     return args
 
@@ -114,6 +139,12 @@ class Run:
     config: dict
     state: LoopState
     resumed: bool
+    head: str  # the classifier's module name
+    backbone: list  # the trainable parameters outside the classifier, held during --freeze-epochs
+    mix: object  # timm Mixup/CutMix for a batch, or None
+    criterion: object  # soft-target cross-entropy with mixing, else cross-entropy with label smoothing
+    notes: list  # lines for the set-up message
+    frozen: bool = None  # the phase the training wrapper was built for
 
     @property
     def eval_model(self):
@@ -158,7 +189,7 @@ def _open_run(args, dist):
 
 def setup(args):
     """Everything the loop needs, built once: run folder, split, model, optimizer, loaders, resume state."""
-    from timm.optim import create_optimizer_v2
+    from timm.loss import SoftTargetCrossEntropy
     from timm.utils import ModelEmaV3
 
     dist, device = runtime.init_distributed(getattr(args, "device", "auto"))
@@ -169,29 +200,35 @@ def setup(args):
         raise UserError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm does not run on CPUs")
     if args.aug == "albu" and dist.world > 1:
         raise UserError("--aug albu does not run under torchrun yet: use a batched recipe (--aug crop_flip)")
+    if (args.mixup or args.cutmix) and args.batch_size // dist.world % 2:
+        raise UserError(f"--mixup / --cutmix need an even batch on each of the {dist.world} processes")
+    init_state, init_ckpt = (None, None)
+    if args.initial_checkpoint and saved is None:
+        init_state, init_ckpt = checkpoint.initial(args.initial_checkpoint)
+        if init_ckpt is not None and init_ckpt["model"] != args.model:
+            raise UserError(f"{args.initial_checkpoint} holds a {init_ckpt['model']} network, not {args.model}: "
+                            f"pass --model {init_ckpt['model']}")
     torch.manual_seed(args.seed)  # the same on every rank: one initialisation, as DDP expects
     split_dir = dist.first(lambda: split.ensure(args.dataset, args.data_dir, args.split_dir, args.train_per_class,
                                                 args.val_per_class, args.seed))
     s = split.load(split_dir, ("train", "val"))
     classes = s["manifest"]["classes"]
-    mean, std = channel_stats(s["train_images"])
     model = dist.first(lambda: models.create(args.model, len(classes), args.pretrained and saved is None,
                                              args.pretrained_file))
+    notes = []
+    if init_state is not None:
+        notes.append(models.load_initial(model, init_state, args.initial_checkpoint, args.model))
+    mean, std, stats = _stats(args, s["train_images"], init_ckpt, saved)
     amp = runtime.amp_dtype(device, args.amp)
+    if args.sync_bn and dist.world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
-    norm = Normalize(mean, std, device, args.channels_last)
-    if hasattr(model, "init_from_data") and saved is None:
+    norm = Normalize(mean, std, device, args.channels_last, args.img_size)
+    if hasattr(model, "init_from_data") and saved is None and init_state is None:
         sample = torch.from_numpy(s["train_images"][:5000]).permute(0, 3, 1, 2).to(device)
         model.init_from_data(norm(sample))
-
-    train_model = model
-    if dist.world > 1:
-        if args.sync_bn:
-            train_model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        train_model = nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[device.index] if device.type == "cuda" else None)
-    if args.torchcompile:
-        train_model = torch.compile(train_model, backend=args.torchcompile)
+    head = models.classifier_name(model)
+    backbone = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith(head + ".")]
 
     r = get_recipe(args.aug)
     drop_last = len(s["train_labels"]) >= args.batch_size  # a split smaller than a batch still trains
@@ -203,7 +240,8 @@ def setup(args):
                                     shuffle=True, drop_last=drop_last, seed=args.seed, dist=dist)
     val_loader = DeviceLoader(s["val_images"], s["val_labels"], 512, norm, device, dist=dist)
 
-    opt = create_optimizer_v2(model, "sgd", lr=args.lr, weight_decay=args.weight_decay, momentum=0.9)
+    opt = torch.optim.SGD(param_groups(model, head, args.weight_decay, args.backbone_lr_scale), lr=args.lr,
+                          momentum=0.9, nesterov=True)
     ema = ModelEmaV3(model, decay=0.999, use_warmup=True) if args.ema else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     state = LoopState()
@@ -222,14 +260,62 @@ def setup(args):
             state.loss_sum, state.correct, state.seen = 0.0, 0, 0
 
     meta = dict(model=args.model, num_classes=len(classes), classes=classes, mean=mean, std=std,
-                dataset=args.dataset, split_dir=str(split_dir), seed=args.seed, device=str(device),
+                img_size=args.img_size, normalised_with=stats, dataset=args.dataset, split_dir=str(split_dir), seed=args.seed, device=str(device),
                 train_per_class=s["manifest"]["train_per_class"], val_per_class=s["manifest"]["val_per_class"])
     config = dict(vars(args), run_dir=str(run_dir), split_dir=str(split_dir), device=str(device),
-                  amp=str(amp).removeprefix("torch.") if amp else "off", mean=mean, std=std,
+                  amp=str(amp).removeprefix("torch.") if amp else "off", mean=mean, std=std, normalised_with=stats,
                   num_classes=len(classes), train_images=len(s["train_labels"]), val_images=len(s["val_labels"]),
                   params=sum(p.numel() for p in model.parameters()), world_size=dist.world)
-    return Run(args, run_dir, dist, device, amp, model, train_model, ema, opt, scaler, train_loader, val_loader,
-               meta, config, state, saved is not None)
+    mix = mixer(args.mixup, args.cutmix, args.label_smoothing, len(classes), args.seed)
+    criterion = SoftTargetCrossEntropy() if mix else partial(F.cross_entropy, label_smoothing=args.label_smoothing)
+    return Run(args, run_dir, dist, device, amp, model, None, ema, opt, scaler, train_loader, val_loader,
+               meta, config, state, saved is not None, head, backbone, mix, criterion, notes)
+
+
+def _stats(args, train_images, init, saved):
+    """Mean/std to normalise with: the starting weights' own (a pretrained config, our checkpoint), as
+    they were trained with; the training split's for a scratch net or with --norm-stats split."""
+    if saved is not None:
+        return saved["mean"], saved["std"], saved.get("normalised_with", "the run's own")
+    if init is not None and args.norm_stats == "auto":
+        return init["mean"], init["std"], f"the initial checkpoint's ({init['dataset']})"
+    if args.pretrained and args.norm_stats == "auto":
+        cfg = models.pretrained_cfg(args.model)
+        return list(cfg.mean), list(cfg.std), f"the pretrained weights' own ({models.entry(args.model).timm_name})"
+    mean, std = channel_stats(train_images)
+    return mean, std, "the training split's"
+
+
+def param_groups(model, head, weight_decay, backbone_scale):
+    """Built once, so --resume restores the optimizer exactly: no weight decay on biases and norms
+    (timm's rule), and the layers outside the classifier at lr x --backbone-lr-scale."""
+    groups = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            key = (name.startswith(head + "."), p.ndim <= 1 or name.endswith(".bias"))
+            groups.setdefault(key, []).append(p)
+    return [dict(params=ps, weight_decay=0.0 if no_decay else weight_decay,
+                 lr_scale=1.0 if in_head else backbone_scale) for (in_head, no_decay), ps in groups.items()]
+
+
+def set_phase(r):
+    """--freeze-epochs: the classifier trains alone first, the backbone's weights and batch-norm statistics
+    held, then everything. DDP and torch.compile wrap the network for the phase's trainable set."""
+    frozen = r.state.epoch <= r.args.freeze_epochs
+    if frozen != r.frozen:
+        for p in r.backbone:
+            p.requires_grad_(not frozen)
+        r.train_model = r.model
+        if r.dist.world > 1:
+            r.train_model = nn.parallel.DistributedDataParallel(
+                r.model, device_ids=[r.device.index] if r.device.type == "cuda" else None)
+        if r.args.torchcompile:
+            r.train_model = torch.compile(r.train_model, backend=r.args.torchcompile)
+        r.frozen = frozen
+    r.train_model.train()
+    if frozen:
+        r.model.eval()
+        r.model.get_submodule(r.head).train()
 
 
 def _global_sums(r, loss_sum, correct):
@@ -243,7 +329,7 @@ def train_one_epoch(r, writer):
     """The steps of one epoch, from where the state stands; stops early when progress reaches 1.
     Returns the epoch's last learning rate and its (loss sum, correct, images) over all ranks."""
     st, args = r.state, r.args
-    r.train_model.train()
+    set_phase(r)
     t0, before = time.perf_counter(), st.train_seconds
     bar = writer.bar(r.train_loader.batches(st.epoch, st.batch), len(r.train_loader), st.batch,
                      f"epoch {st.epoch}" + ("" if args.time_budget else f"/{args.epochs}"))
@@ -259,10 +345,11 @@ def train_one_epoch(r, writer):
             break
         lr = args.lr * lr_factor(progress)
         for g in r.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["lr_scale"]
+        x, target = r.mix(x, y, st.epoch, st.batch) if r.mix else (x, y)
         with runtime.autocast(r.device, r.amp):
             out = r.train_model(x)
-            loss = F.cross_entropy(out, y, label_smoothing=args.label_smoothing)
+            loss = r.criterion(out, target)
         r.opt.zero_grad(set_to_none=True)
         r.scaler.scale(loss).backward()
         r.scaler.step(r.opt)
@@ -312,6 +399,8 @@ class Writer:
         self.print(f"{action} {a.model} on {a.dataset} ({r.config['train_images']} train / "
                    f"{r.config['val_images']} val) on {r.device}{ranks}{amp}, aug {a.aug}, "
                    f"{f'budget {a.time_budget:g} s' if a.time_budget else f'{a.epochs} epoch(s)'} -> {r.run_dir}/")
+        for note in r.notes + [f"inputs {a.img_size} px, normalised with {r.config['normalised_with']} mean/std"]:
+            self.print(note)
         if not r.config["val_images"]:
             self.print("no validation split (--val-per-class 0): no validation figure exists; "
                        "best.pt holds the weights of the last epoch")
