@@ -6,6 +6,8 @@ Python. `AlbuLoader` is the per-image path (albumentations in DataLoader workers
 that need it. Both yield normalised float NCHW batches and int64 labels.
 """
 
+import random
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -80,8 +82,9 @@ class DeviceLoader:
 
 
 class _AlbuDataset(torch.utils.data.Dataset):
-    def __init__(self, images, labels):
+    def __init__(self, images, labels, seed):
         self.images, self.labels, self.transform = images, labels, albu_pipeline()
+        self.seed, self.epoch = seed, 0
 
     def __len__(self):
         return len(self.labels)
@@ -89,19 +92,30 @@ class _AlbuDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         return self.transform(image=self.images[i])["image"], int(self.labels[i])
 
+    def seed_stream(self, worker=0):
+        """Seed the pipeline's random state from (seed, epoch, worker): each worker of each epoch gets its
+        own stream, and the same run gets the same streams again (so a resume re-makes the same batches)."""
+        seq = np.random.SeedSequence([self.seed, self.epoch, worker])
+        self.transform.set_random_state(np.random.default_rng(seq), random.Random(int(seq.generate_state(1)[0])))
+
+
+def _seed_worker(worker_id):
+    torch.utils.data.get_worker_info().dataset.seed_stream(worker_id)
+
 
 class AlbuLoader:
     """Per-image albumentations in DataLoader workers, then the same normalisation on the device.
 
-    Each epoch's shuffle and worker seeds come from (seed, epoch); resuming mid-epoch re-runs and
-    drops the batches already seen (correct, but not free).
+    Each epoch's shuffle comes from (seed, epoch) and each worker's augmentation stream from (seed, epoch,
+    worker); resuming mid-epoch re-runs and drops the batches already seen (correct, but not free).
     """
 
     def __init__(self, images, labels, batch_size, normalize, device, workers, seed, drop_last):
         self.gen = torch.Generator()
+        self.dataset = _AlbuDataset(images, labels, seed)
         self.loader = torch.utils.data.DataLoader(
-            _AlbuDataset(images, labels), batch_size=batch_size, shuffle=True, drop_last=drop_last,
-            num_workers=workers, generator=self.gen, pin_memory=torch.device(device).type == "cuda",
+            self.dataset, batch_size=batch_size, shuffle=True, drop_last=drop_last, num_workers=workers,
+            generator=self.gen, worker_init_fn=_seed_worker, pin_memory=torch.device(device).type == "cuda",
         )
         self.normalize, self.device, self.seed = normalize, device, seed
 
@@ -110,6 +124,9 @@ class AlbuLoader:
 
     def batches(self, epoch, start=0):
         self.gen.manual_seed(generator(self.seed, epoch).initial_seed())
+        self.dataset.epoch = epoch  # read by the workers, which start when the loop below does
+        if self.loader.num_workers == 0:
+            self.dataset.seed_stream()
         for i, (x, y) in enumerate(self.loader):
             if i < start:
                 continue
