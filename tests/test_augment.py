@@ -122,7 +122,7 @@ def test_tta_averages_the_models_outputs_over_its_views(tta):
         expected = torch.stack([model(v) for v in views]).mean(0)
         got = logits(model, [(x[:2], None), (x[2:], None)], torch.device("cpu"), tta=tta)
         assert tta is None or not torch.allclose(expected, model(x), atol=1e-3), "the views must matter here"
-    assert torch.allclose(got, expected, atol=1e-6)
+    assert torch.allclose(got, expected, atol=1e-6), f"off by {(got - expected).abs().max():.3g}"
 
 
 def albu_loader(workers, seed=0):

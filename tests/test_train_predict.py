@@ -1,7 +1,6 @@
 """A short real training run and predict on tiny synthetic CIFAR-10 and CIFAR-100, end to end."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -134,7 +133,7 @@ def test_train_missing_data_offline(tmp_path, train_main, capsys, monkeypatch):
 
 
 @pytest.fixture
-def hub(monkeypatch):
+def hub(monkeypatch, request):
     """Records every weights download timm asks the hub for (with the offline switch and cache in force at that
     moment) and every name look-up; look-ups fail, as on a machine with no network."""
     import socket
@@ -158,7 +157,7 @@ def hub(monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(timm_hub, "hf_hub_download", download)
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
-    assert Path(constants.HF_HUB_CACHE).is_relative_to(os.environ["HOME"]), "the tests' empty home, not the user's"
+    assert Path(constants.HF_HUB_CACHE).is_relative_to(request.config.cifarkit_home[0]), "the tests' home, not the user's"
     assert not list(Path(constants.HF_HUB_CACHE).glob("models--timm--resnet18*"))
     return seen
 
