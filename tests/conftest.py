@@ -4,9 +4,15 @@ Images carry a learnable signal (a colour and a bright quadrant per class, plus 
 training run must beat chance clearly: a broken loop, loader or label pipeline fails the tests.
 """
 
+import contextlib
 import importlib.util
+import io
+import os
 import pickle
+import shutil
+import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -72,6 +78,29 @@ def write_cifar100(root, train_per_class=6, test_per_class=2, seed=0):
     return folder
 
 
+HOME_VARS = {"HOME": "", "XDG_CACHE_HOME": ".cache", "XDG_CONFIG_HOME": ".config", "HF_HOME": ".cache/huggingface",
+             "HF_HUB_CACHE": ".cache/huggingface/hub", "TORCH_HOME": ".cache/torch", "MPLCONFIGDIR": ".config/matplotlib"}
+
+
+def pytest_configure(config):
+    """Point home and every cache the libraries read (hub weights, torch hub, matplotlib) at an empty temporary
+    home, before anything imports them, so no test reads the real user's files or depends on what they hold."""
+    home = Path(tempfile.mkdtemp(prefix="cifarkit-tests-home-"))
+    config.cifarkit_home = (home, {var: os.environ.get(var) for var in HOME_VARS})
+    for var, sub in HOME_VARS.items():
+        os.environ[var] = str(home / sub)
+
+
+def pytest_unconfigure(config):
+    home, saved = config.cifarkit_home
+    for var, value in saved.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+    shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.fixture
 def cifar10_dir(tmp_path):
     return write_cifar10(tmp_path / "src")
@@ -104,6 +133,40 @@ def predict_main():
 def in_tmp(tmp_path, monkeypatch):
     """Every test runs in its own folder, so data/, runs/ and submissions/ never touch the repo."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """simple_cnn trained once for 4 short epochs on tiny CIFAR-10 in full precision, shared by the tests that
+    only read the run (they pass --checkpoint or --output and write their own outputs elsewhere)."""
+    root = tmp_path_factory.mktemp("trained")
+    t = SimpleNamespace(data=write_cifar10(root / "src"), split=root / "data" / "cifar10", output=root / "runs")
+    t.run = t.output / "tiny"
+    argv = ["--dataset", "cifar10", "--model", "simple_cnn", "--data-dir", str(t.data), "--split-dir", str(t.split),
+            "--train-per-class", "9", "--val-per-class", "3", "--epochs", "4", "-b", "16", "--lr", "0.05",
+            "--output", str(t.output), "--experiment", "tiny", "--device", "cpu", "--no-amp"]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            load_script("train").main(argv)
+        except SystemExit:
+            pytest.fail(f"training the shared run failed: {err.getvalue()}")
+    t.stdout = out.getvalue()
+    return t
+
+
+def logits_by_hand(ckpt_path, images):
+    """A checkpoint's network on uint8 NHWC images, normalised here with its own mean/std, in full precision."""
+    import torch
+
+    from cifarkit import checkpoint, models
+
+    ckpt = checkpoint.load(ckpt_path)
+    model = models.create(ckpt["model"], ckpt["num_classes"])
+    model.load_state_dict(ckpt["state_dict"])
+    mean, std = (torch.tensor(ckpt[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        return model.eval()((torch.from_numpy(images).permute(0, 3, 1, 2) / 255 - mean) / std)
 
 
 def run_cli(main, argv, capsys):

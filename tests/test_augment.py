@@ -1,10 +1,12 @@
 import numpy as np
+import pytest
 import torch
-
+import torch.nn as nn
 import torch.nn.functional as F
 
 from cifarkit.augment import RECIPES, Recipe, crop_flip, cutout, draw
-from cifarkit.loader import DeviceLoader, Normalize, channel_stats
+from cifarkit.loader import AlbuLoader, DeviceLoader, Normalize, channel_stats
+from cifarkit.predict import logits
 
 
 def batch(n=64):
@@ -106,6 +108,54 @@ def test_tta_views_flip_and_shift():
     assert torch.equal(views[5], views[4].flip(3))
 
 
+def shifted(x, d):
+    """x moved d pixels down and right (d < 0: up and left), the border mirrored, by plain indexing."""
+    def rows(n):
+        i = torch.arange(n) - d
+        return torch.where(i < 0, -i, torch.where(i > n - 1, 2 * (n - 1) - i, i))
+    return x[..., rows(x.shape[-2]), :][..., rows(x.shape[-1])]
+
+
+@pytest.mark.parametrize("tta", [None, "flip", "flip_shift"])
+def test_tta_averages_the_models_outputs_over_its_views(tta):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    x = torch.randn(5, 3, 8, 8)
+    views = [x] + ([x.flip(3)] if tta else [])
+    if tta == "flip_shift":
+        views += [shifted(x, 1), shifted(x, 1).flip(3), shifted(x, -1), shifted(x, -1).flip(3)]
+    with torch.no_grad():
+        expected = torch.stack([model(v) for v in views]).mean(0)
+        got = logits(model, [(x[:2], None), (x[2:], None)], torch.device("cpu"), tta=tta)
+        assert tta is None or not torch.allclose(expected, model(x), atol=1e-3), "the views must matter here"
+    assert torch.allclose(got, expected, atol=1e-6), f"off by {(got - expected).abs().max():.3g}"
+
+
+def albu_loader(workers, seed=0, dist=None):
+    """32 copies of one image: any difference between two batches is the augmentation's doing."""
+    image = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    norm = Normalize([0.5] * 3, [0.25] * 3, "cpu")
+    loader = AlbuLoader(image.repeat(32, 0), np.zeros(32, dtype=np.int64), 8, norm, "cpu", workers=workers,
+                        seed=seed, drop_last=False, dist=dist)
+    return loader, norm(torch.from_numpy(image).permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_albumentations_stream_depends_on_seed_epoch_and_worker(workers):
+    loader, source = albu_loader(workers)
+    epoch0 = [x for x, _ in loader.batches(0)]
+    epoch1 = [x for x, _ in loader.batches(1)]
+    assert (torch.cat(epoch0) == source).flatten(1).all(1).float().mean() < 0.5, "most images are changed"
+    assert not torch.equal(epoch0[0], epoch0[1]), "batches 0 and 1 (workers 0 and 1 with 2 workers) differ"
+    assert not any(torch.equal(a, b) for a, b in zip(epoch0, epoch1)), "each epoch augments anew"
+    again = [x for x, _ in albu_loader(workers)[0].batches(0)]
+    assert len(again) == 4 and all(torch.equal(a, b) for a, b in zip(epoch0, again)), "same seed, same batches"
+    other = [x for x, _ in albu_loader(workers, seed=1)[0].batches(0)]
+    assert not any(torch.equal(a, b) for a, b in zip(epoch0, other))
+    resumed = [x for x, _ in albu_loader(workers)[0].batches(1, start=2)]
+    assert len(resumed) == 2 and all(torch.equal(a, b) for a, b in zip(epoch1[2:], resumed)), "resume re-makes them"
+
+
 def test_crop_and_flip_together_are_windows_or_mirrored_windows():
     x = batch(128)
     padded = F.pad(x, (4, 4, 4, 4))
@@ -152,3 +202,13 @@ def test_ranks_share_each_global_batch_exactly():
         assert [len(s[i][1]) for s in shares] in ([6, 5, 5], [1, 1, 0])  # 16 and the last 2 split over 3
         assert torch.equal(torch.cat([s[i][0] for s in shares]), x)
         assert torch.equal(torch.cat([s[i][1] for s in shares]), y)
+
+
+def test_albumentations_batches_do_not_depend_on_workers_or_processes():
+    from cifarkit.runtime import Dist
+
+    (one, _), (two, _) = albu_loader(0), albu_loader(2)
+    whole = [x for x, _ in one.batches(3)]
+    assert all(torch.equal(a, b) for a, b in zip(whole, [x for x, _ in two.batches(3)]))
+    shares = [[x for x, _ in albu_loader(0, dist=Dist(rank, 2))[0].batches(3)] for rank in range(2)]
+    assert all(torch.equal(torch.cat([shares[0][i], shares[1][i]]), x) for i, x in enumerate(whole))

@@ -69,14 +69,6 @@ def test_bad_source_data(case, tmp_path, capsys):
     assert not [p for p in (tmp_path / "src").rglob("*") if p.name.startswith(".extract-")]
 
 
-@pytest.fixture
-def trained_run(cifar10_dir, train_main, capsys):
-    code, _, err = run_cli(train_main, ["--dataset", "cifar10", "--model", "simple_cnn", "--data-dir", str(cifar10_dir),
-                                        *SMALL, "--epochs", "1", "-b", "16", "--experiment", "r"], capsys)
-    assert code == 0, err
-    return Path("runs/r/best.pt")
-
-
 def retarget(ckpt_path, out, **changes):
     ckpt = torch.load(ckpt_path, weights_only=True)
     ckpt.update(changes)
@@ -84,25 +76,32 @@ def retarget(ckpt_path, out, **changes):
     return out
 
 
-@pytest.mark.parametrize("case", ["other model", "other class count", "pickled code", "truncated", "not a checkpoint"])
-def test_bad_checkpoints(case, trained_run, predict_main, capsys):
-    path = Path("bad.pt")
+@pytest.mark.parametrize("case", ["other model", "other class count", "pickled code", "truncated", "not a checkpoint",
+                                  "other dataset", "other classes"])
+def test_bad_checkpoints(case, trained, predict_main, capsys):
+    best, path, argv = trained.run / "best.pt", Path("bad.pt"), []
     if case == "other model":
-        retarget(trained_run, path, model="fast_cnn")
+        retarget(best, path, model="fast_cnn")
         message = "checkpoint weights do not fit fast_cnn with 10 classes"
     elif case == "other class count":
-        retarget(trained_run, path, num_classes=100)
+        retarget(best, path, num_classes=100)
         message = "do not fit simple_cnn with 100 classes"
     elif case == "pickled code":
         torch.save({"model": Evil()}, path)
         message = "refused, it holds pickled objects"
     elif case == "truncated":
-        path.write_bytes(trained_run.read_bytes()[:5000])
+        path.write_bytes(best.read_bytes()[:5000])
         message = "truncated or corrupted"
-    else:
+    elif case == "not a checkpoint":
         torch.save({"weights": torch.ones(3)}, path)
         message = "not a cifarkit checkpoint"
-    code, _, err = run_cli(predict_main, ["--checkpoint", str(path)], capsys)
+    elif case == "other dataset":
+        path, argv = best, ["--dataset", "cifar100"]
+        message = f"{best} was trained on cifar10, not cifar100"
+    else:
+        retarget(best, path, classes=[f"c{i}" for i in range(10)])
+        message = f"bad.pt was trained with other classes than the split in {trained.split}/"
+    code, _, err = run_cli(predict_main, ["--checkpoint", str(path), *argv], capsys)
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert not Path("submissions").exists() and not Path("pwned").exists()
 

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -5,16 +7,6 @@ import pytest
 from cifarkit import report
 
 from conftest import run_cli
-
-
-def test_wilson_interval_known_value():
-    low, high = report.wilson_interval(81, 263)  # Newcombe (1998), Statistics in Medicine 17:857, example
-    assert low == pytest.approx(0.2553, abs=1e-4) and high == pytest.approx(0.3662, abs=1e-4)
-
-
-def test_exact_binomial_test_known_values():
-    assert report.beats_claim_pvalue(7, 10, 0.5) == pytest.approx(176 / 1024)  # P(X >= 7), X ~ Bin(10, 1/2)
-    assert report.beats_claim_pvalue(10, 10, 0.5) == pytest.approx(1 / 1024)
 
 
 @pytest.mark.parametrize("accuracy, corrupted, decision", [
@@ -46,6 +38,40 @@ def fake_run(tmp_path, accuracy):
     classes = [f"class{i}" for i in range(10)]
     return dict(labels=labels, preds=preds, classes=classes, corrupted=corrupted, run=run,
                 timing=dict(images_per_s=1234.0, device="CPU", batch=512, tta="flip"))
+
+
+def wilson_by_formula(correct, n, z=1.959963984540054):
+    """Wilson (1927) score interval, written out: the report must state this interval, not another one."""
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+def binomial_tail(correct, n, claimed):
+    """P(X >= correct) for X ~ Bin(n, claimed), summed term by term."""
+    def log_term(k):
+        return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+                + k * math.log(claimed) + (n - k) * math.log(1 - claimed))
+    return sum(math.exp(log_term(k)) for k in range(correct, n + 1))
+
+
+@pytest.mark.parametrize("correct, verdict, decision", [(7_070, "not significantly", "BUY"),
+                                                        (7_120, "significantly", "BUILD WITH CAVEATS")])
+def test_report_states_our_interval_test_and_rule_for_a_known_count(tmp_path, correct, verdict, decision):
+    """7,070 / 10,000 could be the vendor's 70% plus luck (p ~ 0.064: BUY); 7,120 could not (p ~ 0.004), but its
+    lead is under 10 points (BUILD WITH CAVEATS)."""
+    labels = np.repeat(np.arange(10), 1000)
+    preds = labels.copy()
+    preds[correct:] = (labels[correct:] + 1) % 10
+    kw = fake_run(tmp_path, 0.9)
+    kw.update(labels=labels, preds=preds)
+    _, summary = report.build_vs_buy(tmp_path, **kw)
+    low, high = wilson_by_formula(correct, 10_000)
+    p = binomial_tail(correct, 10_000, 0.70)
+    assert summary[0] == (f"test accuracy {correct / 100:.2f}% (95% CI {low:.2%}-{high:.2%}); vs vendor 70%: {verdict} "
+                          f"better (exact one-sided binomial test, {report.fmt_p(p)})")
+    assert summary[-1] == f"recommendation: {decision}"
 
 
 def test_report_sections_figures_and_regeneration(tmp_path):
@@ -86,19 +112,16 @@ def test_corruptions_are_deterministic_and_change_images():
         assert not np.array_equal(a, images), name
 
 
-def test_predict_report_end_to_end(cifar10_dir, train_main, predict_main, capsys, tmp_path):
-    code, _, err = run_cli(train_main, ["--dataset", "cifar10", "--model", "simple_cnn", "--data-dir", str(cifar10_dir),
-                                        "--train-per-class", "9", "--val-per-class", "3", "--epochs", "2", "-b", "16"],
-                           capsys)
-    assert code == 0, err
-    code, out, err = run_cli(predict_main, ["--dataset", "cifar10", "--report"], capsys)
+def test_predict_report_end_to_end(trained, predict_main, capsys, tmp_path):
+    code, out, err = run_cli(predict_main, ["--checkpoint", str(trained.run / "best.pt"), "--report"], capsys)
     assert code == 0, err
     text = (tmp_path / "reports" / "cifar10_build_vs_buy.md").read_text()
     sub = pd.read_csv(tmp_path / "submissions" / "submission.csv")
-    truth = pd.read_csv(tmp_path / "data" / "cifar10" / "solution.csv")
+    truth = pd.read_csv(trained.split / "solution.csv")
     correct = int((sub["label"] == truth["label"]).sum())
     assert f"({correct:,} / 40)" in text
-    assert "recommendation:" in out
+    summary = out[out.index("test accuracy "):out.index("wrote reports/")].splitlines()
+    assert len(summary) == 5 and summary[-1].startswith("recommendation: ")
 
 
 def test_report_refuses_cifar100(cifar100_dir, train_main, predict_main, capsys, tmp_path):

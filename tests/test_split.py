@@ -87,3 +87,6 @@ def test_ensure_reuses_or_rebuilds(cifar10_dir, tmp_path, capsys):
     split.ensure("cifar10", cifar10_dir, tmp_path / "s", 8, 3, seed=0)
     assert "rebuilding" in capsys.readouterr().out
     assert split.read_manifest(d)["train_per_class"] == 8
+    split.ensure("cifar10", cifar10_dir, tmp_path / "s", 8, 3, seed=1)
+    assert "rebuilding" in capsys.readouterr().out
+    assert split.read_manifest(d)["seed"] == 1

@@ -6,6 +6,8 @@ Python. `AlbuLoader` is the per-image path (albumentations in DataLoader workers
 that need it. Both yield normalised float NCHW batches and int64 labels.
 """
 
+import random
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -89,38 +91,46 @@ class DeviceLoader:
 
 
 class _AlbuDataset(torch.utils.data.Dataset):
-    def __init__(self, images, labels):
+    def __init__(self, images, labels, seed):
         self.images, self.labels, self.transform = images, labels, albu_pipeline()
+        self.seed, self.epoch = seed, 0
 
     def __len__(self):
         return len(self.labels)
 
     def __getitem__(self, i):
+        """Image i's augmentation, seeded from (seed, epoch, i): the same whichever worker, process or
+        resume makes it."""
+        seq = np.random.SeedSequence([self.seed, self.epoch, i])
+        self.transform.set_random_state(np.random.default_rng(seq), random.Random(int(seq.generate_state(1)[0])))
         return self.transform(image=self.images[i])["image"], int(self.labels[i])
 
 
 class AlbuLoader:
     """Per-image albumentations in DataLoader workers, then the same normalisation on the device.
 
-    Each epoch's shuffle and worker seeds come from (seed, epoch); resuming mid-epoch re-runs and
-    drops the batches already seen (correct, but not free).
+    The shuffle comes from (seed, epoch) and each image's augmentation from (seed, epoch, image), so the
+    batches do not depend on the number of workers or processes (each rank loads its share of every
+    global batch), and a resume starts at its batch without re-making the others.
     """
 
-    def __init__(self, images, labels, batch_size, normalize, device, workers, seed, drop_last):
-        self.gen = torch.Generator()
-        self.loader = torch.utils.data.DataLoader(
-            _AlbuDataset(images, labels), batch_size=batch_size, shuffle=True, drop_last=drop_last,
-            num_workers=workers, generator=self.gen, pin_memory=torch.device(device).type == "cuda",
-        )
+    def __init__(self, images, labels, batch_size, normalize, device, workers, seed, drop_last, dist=None):
+        self.dataset = _AlbuDataset(images, labels, seed)
+        self.batch_size, self.drop_last, self.workers = batch_size, drop_last, workers
         self.normalize, self.device, self.seed = normalize, device, seed
+        self.shard = dist.shard if dist is not None else (lambda n: slice(0, n))
 
     def __len__(self):
-        return len(self.loader)
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def batches(self, epoch, start=0):
-        self.gen.manual_seed(generator(self.seed, epoch).initial_seed())
-        for i, (x, y) in enumerate(self.loader):
-            if i < start:
-                continue
+        order = torch.randperm(len(self.dataset), generator=generator(self.seed, epoch))
+        plan = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(start, len(self))]
+        self.dataset.epoch = epoch  # read by the workers, which start with the loop below
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=[b[self.shard(len(b))].tolist() for b in plan], num_workers=self.workers,
+            pin_memory=torch.device(self.device).type == "cuda")
+        for x, y in loader:
             x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
             yield self.normalize.resize(self.normalize(x)), y.to(self.device, non_blocking=True)

@@ -198,8 +198,6 @@ def setup(args):
         runtime.stop_on_sigterm(run_dir)
     if args.sync_bn and dist.world > 1 and device.type != "cuda":
         raise UserError("--sync-bn needs GPUs: PyTorch's SyncBatchNorm does not run on CPUs")
-    if args.aug == "albu" and dist.world > 1:
-        raise UserError("--aug albu does not run under torchrun yet: use a batched recipe (--aug crop_flip)")
     if (args.mixup or args.cutmix) and args.batch_size // dist.world % 2:
         raise UserError(f"--mixup / --cutmix need an even batch on each of the {dist.world} processes")
     init_state, init_ckpt = (None, None)
@@ -234,7 +232,7 @@ def setup(args):
     drop_last = len(s["train_labels"]) >= args.batch_size  # a split smaller than a batch still trains
     if r.albu:
         train_loader = AlbuLoader(s["train_images"], s["train_labels"], args.batch_size, norm, device,
-                                  workers=args.workers, seed=args.seed, drop_last=drop_last)
+                                  workers=args.workers, seed=args.seed, drop_last=drop_last, dist=dist)
     else:
         train_loader = DeviceLoader(s["train_images"], s["train_labels"], args.batch_size, norm, device, r,
                                     shuffle=True, drop_last=drop_last, seed=args.seed, dist=dist)
