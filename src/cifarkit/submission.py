@@ -78,25 +78,36 @@ def check(path, rows, num_classes=None, classes=None):
     return df
 
 
-@cli
-def main(argv=None):
+def add_expect_args(p):
+    """The flags that say which split a submission answers (shared by `check` and `cifarkit.kaggle submit`)."""
+    p.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar100",
+                   help="the split it answers (default: cifar100)")
+    p.add_argument("--split-dir", default=None, help="split folder (default: data/<dataset>)")
+    p.add_argument("--label-format", choices=["index", "name"], default="index",
+                   help="labels as class indices (default) or class names")
+
+
+def expected(args):
+    """What a valid file must hold, from the split's manifest: check()'s rows, num_classes and classes."""
     from . import split
 
+    m = split.read_manifest(args.split_dir or split.default_split_dir(args.dataset))
+    return dict(rows=m["counts"]["test"], num_classes=len(m["classes"]),
+                classes=m["classes"] if args.label_format == "name" else None)
+
+
+@cli
+def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m cifarkit.submission",
                                 description="Check a submission CSV against a split before uploading it.")
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("check", help="check FILE: header, one row per test id in order, labels in range")
     c.add_argument("file", help="the submission CSV to check")
-    c.add_argument("--dataset", choices=["cifar10", "cifar100"], default="cifar100",
-                   help="the split it answers (default: cifar100)")
-    c.add_argument("--split-dir", default=None, help="split folder (default: data/<dataset>)")
-    c.add_argument("--label-format", choices=["index", "name"], default="index",
-                   help="labels as class indices (default) or class names")
+    add_expect_args(c)
     args = p.parse_args(argv)
-    m = split.read_manifest(args.split_dir or split.default_split_dir(args.dataset))
-    classes = m["classes"] if args.label_format == "name" else None
-    check(args.file, m["counts"]["test"], num_classes=len(m["classes"]), classes=classes)
-    print(f"{args.file}: valid ({m['counts']['test']} rows, {len(m['classes'])} classes)")
+    want = expected(args)
+    check(args.file, **want)
+    print(f"{args.file}: valid ({want['rows']} rows, {want['num_classes']} classes)")
 
 
 if __name__ == "__main__":
