@@ -13,7 +13,9 @@ def parser():
                     "submission (id,label).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--checkpoint", default=None, help="checkpoint to use (default: newest run's best.pt)")
+    p.add_argument("--checkpoint", nargs="+", default=None, metavar="PATH",
+                   help="checkpoint(s) to use (default: newest run's best.pt); several: an ensemble that averages "
+                        "their class probabilities, each with its own normalisation, input size and --tta")
     p.add_argument("--dataset", choices=["cifar10", "cifar100"], default=None,
                    help="use the newest run of this dataset (default: the newest run of any)")
     p.add_argument("--output", default="runs", help="folder holding the run folders")
@@ -24,12 +26,22 @@ def parser():
                    help="integer class labels, or class names (Kaggle CIFAR-10 style)")
     p.add_argument("--tta", nargs="?", const="flip", default=None, choices=list(predict.TTA),
                    help="test-time augmentation: --tta alone = flip; " + "; ".join(f"{k}: {v}" for k, v in predict.TTA.items()))
-    p.add_argument("--score", action="store_true", help="also print accuracy against the split's solution.csv")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="test: predict the hidden test split and write the submission; val: score the validation "
+                        "split instead (choose ensemble members without touching the test set)")
+    p.add_argument("--save-probs", default=None, metavar="CSV",
+                   help="also write the class probabilities (id, one column per class) for blending elsewhere")
+    p.add_argument("--score", action="store_true",
+                   help="also print accuracy against the split's solution.csv (and record it for python -m cifarkit.runs)")
     p.add_argument("--report", action="store_true",
                    help="CIFAR-10: also write the build-vs-buy report (accuracy with 95%% CI and test against the "
                         "vendor's 70%%, gap to the state of the art, per-class accuracy, confusion matrix, cost, "
                         "robustness under corruptions, recommendation) with its figures")
     p.add_argument("--report-dir", default="reports", help="where --report writes")
+    p.add_argument("--submit", default=None, metavar="COMPETITION",
+                   help="upload the checked submission to this Kaggle competition (needs the kaggle extra and "
+                        "credentials; see python -m cifarkit.kaggle --help)")
+    p.add_argument("-m", "--message", default="cifarkit", help="the submission's description on Kaggle")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (default: on for CUDA, and on CPUs with native bf16)")

@@ -218,3 +218,13 @@ def test_server_failures_are_one_line_without_the_key(fake, logged_in, split_dir
 def test_real_package_without_credentials(clean_modules, split_dir, tmp_path, capsys):
     code, out, err = submit_cli(valid_csv(tmp_path / "sub.csv"), capsys)
     assert_one_line(code, out, err, "no valid Kaggle credentials", str(tmp_path / "home"), "KAGGLE_API_TOKEN")
+
+
+def test_predict_submits_the_file_it_wrote(fake, logged_in, trained, predict_main, tmp_path, capsys):
+    fake.SUBMIT = lambda api: type("Reply", (), {"message": "Successfully submitted"})()
+    path = tmp_path / "sub.csv"
+    code, out, err = run_cli(predict_main, ["--checkpoint", str(trained.run / "best.pt"), "--submission", str(path),
+                                            "--submit", "cifar-10", "-m", "tiny run"], capsys)
+    assert code == 0, err
+    assert fake.CALLS[-1] == ("submit", path.read_text(), "tiny run", "cifar-10")
+    assert out.endswith(f"submitted {path} to cifar-10: Successfully submitted\n")

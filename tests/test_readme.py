@@ -288,15 +288,16 @@ class TestTraining:
             assert val_loss == pytest.approx(log["val_loss"].iloc[-1], rel=1e-4), name
 
     def test_what_it_prints(self, trained):
-        """"What it prints: one line with the set-up, a progress bar per epoch (on a terminal), then a line per epoch"
-        in the README's format; not on a terminal, no bar."""
+        """"What it prints: the set-up (what trains where; the input size and normalisation), a progress bar per
+        epoch (on a terminal), then a line per epoch" in the README's format; not on a terminal, no bar."""
         example = next(line.strip() for line in (ROOT / "README.md").read_text().splitlines()
                        if line.strip().startswith("epoch "))
         epoch_line = re.sub(r"\d+", r"\\d+", re.escape(example))
         lines = trained.stdout.splitlines()
         assert lines[0].startswith("built cifar10 split") and lines[1].startswith("training simple_cnn on cifar10")
-        assert all(re.fullmatch(epoch_line, line) for line in lines[2:6]), lines[2:6]
-        assert lines[6].startswith("done: best val acc") and len(lines) == 7
+        assert lines[2] == "inputs 32 px, normalised with the training split's mean/std"
+        assert all(re.fullmatch(epoch_line, line) for line in lines[3:7]), lines[3:7]
+        assert lines[7].startswith("done: best val acc") and len(lines) == 8
 
 
 class TestWhyThisResNet18Stem:

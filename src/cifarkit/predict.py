@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, models, runtime, split, submission
+from .atomic import atomic_path
 from .errors import UserError
 from .loader import DeviceLoader, Normalize
 
@@ -70,42 +71,91 @@ def load_model(ckpt, device, channels_last=True):
     return model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def _members(args):
+    """The checkpoints to predict with (newest run's best.pt by default), all of one data set and class list."""
+    paths = [Path(c) for c in args.checkpoint] if args.checkpoint else [checkpoint.newest(args.output, args.dataset)]
+    ckpts = [checkpoint.load(p) for p in paths]
+    for path, ckpt in zip(paths, ckpts):
+        if args.dataset and ckpt["dataset"] != args.dataset:
+            raise UserError(f"{path} was trained on {ckpt['dataset']}, not {args.dataset}")
+        if ckpt["classes"] != ckpts[0]["classes"]:
+            raise UserError(f"{path} was trained with other classes than {paths[0]}: an ensemble needs one class list")
+    return paths, ckpts
+
+
+@torch.no_grad()
+def probabilities(ckpt, model, images, device, amp, tta):
+    """Class probabilities for uint8 NHWC images, with the checkpoint's own normalisation and input size."""
+    norm = Normalize(ckpt["mean"], ckpt["std"], device, channels_last=True, size=ckpt.get("img_size"))
+    loader = DeviceLoader(images, np.zeros(len(images), dtype=np.int64), BATCH, norm, device)
+    return logits(model, loader, device, amp, tta).softmax(1)
+
+
 def run(args):
-    """Predict the test split with a checkpoint, write and check the submission; score if asked."""
-    path = Path(args.checkpoint) if args.checkpoint else checkpoint.newest(args.output, args.dataset)
-    ckpt = checkpoint.load(path)
-    if args.dataset and ckpt["dataset"] != args.dataset:
-        raise UserError(f"{path} was trained on {ckpt['dataset']}, not {args.dataset}")
-    if args.report and ckpt["dataset"] != "cifar10":
-        raise UserError("--report compares with CIFAR-10 figures: use a cifar10 run (--dataset cifar10)")
+    """Predict the test split (or score the val split) with one checkpoint or the average of several
+    (an ensemble); write and check the submission, save probabilities, score, report, submit as asked."""
+    paths, ckpts = _members(args)
+    first = ckpts[0]
+    if args.report and (len(ckpts) > 1 or first["dataset"] != "cifar10"):
+        raise UserError("--report compares with CIFAR-10 figures: give it one cifar10 checkpoint")
+    if args.split == "val" and (args.report or args.submit):
+        raise UserError("--split val scores the validation split; --report and --submit need the test split")
     device = runtime.pick_device(args.device)
     amp = runtime.amp_dtype(device, args.amp)
-    split_dir = Path(args.split_dir or ckpt["split_dir"])
+    split_dir = Path(args.split_dir or first["split_dir"])
     if not (split_dir / "manifest.json").exists():
-        split.ensure(ckpt["dataset"], args.data_dir, split_dir, ckpt.get("train_per_class"),
-                     ckpt.get("val_per_class"), ckpt.get("seed", 0))
-    s = split.load(split_dir, ("test",))
-    if s["manifest"]["classes"] != ckpt["classes"]:
-        raise UserError(f"{path} was trained with other classes than the split in {split_dir}/")
-    model = load_model(ckpt, device)
-    norm = Normalize(ckpt["mean"], ckpt["std"], device, channels_last=True, size=ckpt.get("img_size"))
-
-    def predict_images(images):
-        loader = DeviceLoader(images, np.zeros(len(images), dtype=np.int64), BATCH, norm, device)
-        return logits(model, loader, device, amp, args.tta).argmax(1).cpu().numpy()
-
-    labels = predict_images(s["test_images"])
-    classes = ckpt["classes"] if args.label_format == "name" else None
-    submission.write(args.submission, labels, len(ckpt["classes"]), classes)
+        split.ensure(first["dataset"], args.data_dir, split_dir, first.get("train_per_class"),
+                     first.get("val_per_class"), first.get("seed", 0))
+    s = split.load(split_dir, (args.split,))
+    if s["manifest"]["classes"] != first["classes"]:
+        raise UserError(f"{paths[0]} was trained with other classes than the split in {split_dir}/")
+    images = s[f"{args.split}_images"]
+    members = [(ckpt, load_model(ckpt, device)) for ckpt in ckpts]
+    probs = torch.stack([probabilities(c, m, images, device, amp, args.tta) for c, m in members]).mean(0).cpu()
+    labels = probs.argmax(1).numpy()
+    what = (f"{paths[0]} ({first['model']}, epoch {first['epoch']}, val acc {first['val_acc']:.4f})" if len(paths) == 1
+            else f"the average of {len(paths)} checkpoints' probabilities")
+    if args.save_probs:
+        table = pd.DataFrame(probs.numpy(), columns=first["classes"])
+        table.insert(0, "id", np.arange(len(labels)))
+        with atomic_path(args.save_probs) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6g")
+        print(f"wrote {args.save_probs}: {args.split} class probabilities, {len(labels)} rows")
+    if args.split == "val":
+        acc = float(np.mean(labels == s["val_labels"]))
+        print(f"val accuracy {acc:.4f} ({int(round(acc * len(labels)))}/{len(labels)}) of {what}")
+        _record(paths, "val", acc, args)
+        return labels
+    classes = first["classes"] if args.label_format == "name" else None
+    submission.write(args.submission, labels, len(first["classes"]), classes)
     print(f"wrote {args.submission}: {len(labels)} rows, checked (ids 0..{len(labels) - 1}, "
-          f"{'class names' if classes else 'labels 0..' + str(len(ckpt['classes']) - 1)}) "
-          f"from {path} ({ckpt['model']}, epoch {ckpt['epoch']}, val acc {ckpt['val_acc']:.4f})")
+          f"{'class names' if classes else 'labels 0..' + str(len(first['classes']) - 1)}) from {what}")
     if args.score:
         acc = score(labels, split_dir / "solution.csv")
         print(f"test accuracy {acc:.4f} ({int(round(acc * len(labels)))}/{len(labels)}) against {split_dir / 'solution.csv'}")
+        _record(paths, "test", acc, args)
     if args.report:
-        write_report(args, path, ckpt, model, predict_images, s["test_images"], labels, split_dir, device)
+        model = members[0][1]
+
+        def predict_images(x):
+            return probabilities(first, model, x, device, amp, args.tta).argmax(1).cpu().numpy()
+
+        write_report(args, paths[0], first, model, predict_images, images, labels, split_dir, device)
+    if args.submit:
+        from . import kaggle
+
+        reply = kaggle.submit(args.submit, args.submission, args.message, rows=len(labels),
+                              num_classes=len(first["classes"]), classes=classes)
+        print(f"submitted {args.submission} to {args.submit}: {reply}")
     return labels
+
+
+def _record(paths, part, acc, args):
+    """A single run's score goes on its leaderboard line (python -m cifarkit.runs)."""
+    if len(paths) == 1:
+        from .runs import record_score
+
+        record_score(paths[0].parent, part, acc, checkpoint=paths[0].name, tta=args.tta)
 
 
 def write_report(args, path, ckpt, model, predict_images, images, preds, split_dir, device):

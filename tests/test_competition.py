@@ -1,0 +1,79 @@
+"""The competition workflow around predict: ensembles, the validation split, saved probabilities, scores."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cifarkit import checkpoint, split
+from cifarkit.loader import Normalize
+from cifarkit.predict import load_model
+
+from conftest import run_cli
+
+TINY = ["--dataset", "cifar10", "--train-per-class", "9", "--val-per-class", "3", "--epochs", "2", "-b", "16",
+        "--device", "cpu", "--no-amp"]
+
+
+@pytest.fixture
+def members(cifar10_dir, train_main, capsys, tmp_path):
+    """Two runs of the same split: simple_cnn, and fast_cnn_s at another input size and normalisation."""
+    for name, extra in (("a", ["--model", "simple_cnn"]), ("b", ["--model", "fast_cnn_s", "--img-size", "40"])):
+        code, _, err = run_cli(train_main, ["--data-dir", str(cifar10_dir), *TINY, *extra, "--experiment", name], capsys)
+        assert code == 0, err
+    return [tmp_path / "runs" / n / "best.pt" for n in ("a", "b")]
+
+
+def by_hand(path, images):
+    """One member's class probabilities, computed here without predict's loader."""
+    ckpt = checkpoint.load(path)
+    model = load_model(ckpt, torch.device("cpu")).eval()
+    norm = Normalize(ckpt["mean"], ckpt["std"], "cpu", size=ckpt["img_size"])
+    with torch.no_grad():
+        x = norm.resize(norm(torch.from_numpy(images).permute(0, 3, 1, 2)))
+        return model(x).float().softmax(1).numpy()
+
+
+def test_ensemble_averages_the_members_probabilities(members, predict_main, capsys, tmp_path):
+    code, out, err = run_cli(predict_main, ["--checkpoint", *map(str, members), "--save-probs", "probs.csv",
+                                            "--no-amp"], capsys)
+    assert code == 0, err
+    images = split.load(tmp_path / "data" / "cifar10", ("test",))["test_images"]
+    expected = (by_hand(members[0], images) + by_hand(members[1], images)) / 2
+    saved = pd.read_csv(tmp_path / "probs.csv")
+    assert saved.columns[0] == "id" and list(saved.columns[1:3]) == ["airplane", "automobile"]
+    np.testing.assert_allclose(saved.iloc[:, 1:].to_numpy(), expected, atol=1e-5)
+    sub = pd.read_csv(tmp_path / "submissions" / "submission.csv")
+    assert sub["label"].tolist() == expected.argmax(1).tolist()
+    assert "the average of 2 checkpoints' probabilities" in out
+
+
+def test_val_split_scores_without_writing_a_submission(members, predict_main, capsys, tmp_path):
+    code, out, err = run_cli(predict_main, ["--checkpoint", str(members[0]), "--split", "val", "--no-amp"], capsys)
+    assert code == 0, err
+    s = split.load(tmp_path / "data" / "cifar10", ("val",))
+    acc = float(np.mean(by_hand(members[0], s["val_images"]).argmax(1) == s["val_labels"]))
+    assert f"val accuracy {acc:.4f}" in out
+    assert not (tmp_path / "submissions").exists()
+    assert json.loads((members[0].parent / "scores.json").read_text())["val"]["acc"] == pytest.approx(acc)
+
+
+def test_score_is_recorded_for_the_leaderboard(members, predict_main, capsys, tmp_path):
+    code, out, err = run_cli(predict_main, ["--checkpoint", str(members[1]), "--score", "--tta"], capsys)
+    assert code == 0, err
+    acc = float(out.split("test accuracy ")[1].split()[0])
+    scores = json.loads((members[1].parent / "scores.json").read_text())
+    assert scores["test"] == {"acc": pytest.approx(acc), "checkpoint": "best.pt", "tta": "flip"}
+
+
+def test_members_must_share_their_classes(members, cifar100_dir, train_main, predict_main, capsys, tmp_path):
+    code, _, err = run_cli(train_main, ["--model", "simple_cnn", "--data-dir", str(cifar100_dir), "--train-per-class",
+                                        "4", "--val-per-class", "2", "--epochs", "1", "-b", "50", "--device", "cpu",
+                                        "--experiment", "c100"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(predict_main, ["--checkpoint", str(members[0]), "runs/c100/best.pt"], capsys)
+    assert code == 2 and "an ensemble needs one class list" in err and err.count("\n") == 1
+    code, _, err = run_cli(predict_main, ["--checkpoint", str(members[0]), "--split", "val", "--submit", "x"], capsys)
+    assert code == 2 and "--split val scores the validation split" in err
