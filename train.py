@@ -93,7 +93,7 @@ def main(argv=None):
     if args.list_models:
         for name in models.list_models():
             e = models.MODELS[name]
-            print(f"{name:12s} {'ImageNet-pretrained' if e.timm_name else 'scratch':20s} "
+            print(f"{name:16s} {'ImageNet-pretrained' if e.timm_name else 'scratch':20s} "
                   + " ".join(f"{k}={v}" for k, v in e.defaults.items()))
         print("any other timm model name works too (pretrained, with resnet18's defaults)")
         return
