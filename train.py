@@ -48,6 +48,14 @@ def parser():
     p.add_argument("--cutmix", type=float, default=None, metavar="ALPHA",
                    help="CutMix with Beta(ALPHA, ALPHA) box areas (with --mixup too, one of the two per "
                         "batch; 0 = off; default: the model's)")
+    p.add_argument("--train-on-val", action="store_true",
+                   help="the final fit: train on train + val (every labelled image) for the fixed schedule; no "
+                        "validation figure exists, and best.pt holds the last epoch's weights")
+    p.add_argument("--pseudo-labels", default=None, metavar="CHECKPOINT",
+                   help="add the test images this trained model labels confidently to the training set, with its "
+                        "labels (transductive: some competitions forbid it)")
+    p.add_argument("--pseudo-threshold", type=float, default=0.9, metavar="P",
+                   help="confidence (top class probability) a test image needs for --pseudo-labels")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the model's)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds of training; the schedule is fitted to it and --epochs is ignored")

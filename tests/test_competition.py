@@ -77,3 +77,42 @@ def test_members_must_share_their_classes(members, cifar100_dir, train_main, pre
     assert code == 2 and "an ensemble needs one class list" in err and err.count("\n") == 1
     code, _, err = run_cli(predict_main, ["--checkpoint", str(members[0]), "--split", "val", "--submit", "x"], capsys)
     assert code == 2 and "--split val scores the validation split" in err
+
+
+def test_final_fit_trains_on_every_labelled_image(cifar10_dir, train_main, predict_main, capsys, tmp_path):
+    code, out, err = run_cli(train_main, ["--data-dir", str(cifar10_dir), *TINY, "--model", "simple_cnn",
+                                          "--train-on-val", "--experiment", "final"], capsys)
+    assert code == 0, err
+    assert "final fit on train + val: all 120 labelled images" in out and "no validation figure exists" in out
+    cfg = json.loads((tmp_path / "runs" / "final" / "config.json").read_text())
+    assert cfg["train_images"] == 120 and cfg["val_images"] == 0
+    assert pd.read_csv(tmp_path / "runs" / "final" / "log.csv")["val_acc"].isna().all()
+    assert checkpoint.load(tmp_path / "runs" / "final" / "best.pt")["epoch"] == 2  # the last epoch's weights
+    assert run_cli(predict_main, ["--score"], capsys)[0] == 0
+
+
+def test_pseudo_labels_add_only_confident_test_images_with_their_labels(members, train_main, capsys, tmp_path,
+                                                                       monkeypatch):
+    from cifarkit import predict
+
+    confident = {0: 3, 5: 1, 7: 9}  # test id -> the label the model is sure of
+
+    def fake_probabilities(ckpt, model, images, device, amp, tta):
+        probs = torch.full((len(images), 10), 0.5 / 9)
+        probs[:, 0] = 0.5  # unsure everywhere else: below the threshold
+        for i, label in confident.items():
+            probs[i] = 0.0
+            probs[i, label] = 1.0
+        return probs
+
+    monkeypatch.setattr(predict, "probabilities", fake_probabilities)
+    split_dir = tmp_path / "data" / "cifar10"
+    test = split.load(split_dir, ("test",))["test_images"]
+    images, labels = predict.pseudo_labels(members[0], split_dir, checkpoint.load(members[0])["classes"], 0.9,
+                                          torch.device("cpu"))
+    assert labels.tolist() == [3, 1, 9] and np.array_equal(images, test[[0, 5, 7]])
+    code, out, err = run_cli(train_main, ["--data-dir", "unused", *TINY, "--model", "simple_cnn", "--pseudo-labels",
+                                          str(members[0]), "--experiment", "pseudo"], capsys)
+    assert code == 0, err
+    assert "pseudo-labels: 3 test images" in out
+    assert json.loads((tmp_path / "runs" / "pseudo" / "config.json").read_text())["train_images"] == 90 + 3

@@ -91,6 +91,18 @@ def probabilities(ckpt, model, images, device, amp, tta):
     return logits(model, loader, device, amp, tta).softmax(1)
 
 
+def pseudo_labels(path, split_dir, classes, threshold, device):
+    """The test images a trained model labels with confidence >= threshold, with its labels."""
+    ckpt = checkpoint.load(path)
+    if ckpt["classes"] != classes:
+        raise UserError(f"{path} was trained with other classes than the split in {split_dir}/")
+    images = split.load(split_dir, ("test",))["test_images"]
+    probs = probabilities(ckpt, load_model(ckpt, device), images, device, runtime.amp_dtype(device), None)
+    confidence, labels = probs.max(1)
+    keep = (confidence >= threshold).cpu().numpy()
+    return images[keep], labels.cpu().numpy()[keep]
+
+
 def run(args):
     """Predict the test split (or score the val split) with one checkpoint or the average of several
     (an ensemble); write and check the submission, save probabilities, score, report, submit as asked."""

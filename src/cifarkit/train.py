@@ -23,6 +23,7 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
@@ -47,6 +48,7 @@ EXTENDABLE = ("epochs", "time_budget")  # what --resume may change: the length o
 def resolve(args):
     """Fill the flags left unset (None) from the model's registry defaults, then the global ones."""
     e = models.entry(args.model)
+    freeze_asked = args.freeze_epochs is not None
     for k, v in GLOBAL_DEFAULTS.items():
         if getattr(args, k, None) is None:
             setattr(args, k, e.defaults.get(k, v))
@@ -62,6 +64,8 @@ def resolve(args):
     if args.pretrained_file and not args.pretrained:
         raise UserError("--pretrained-file and --no-pretrained contradict each other")
     has_weights = args.pretrained or bool(args.initial_checkpoint)
+    if not has_weights and not freeze_asked:  # a registry's head-first phase is for pretrained starts
+        args.freeze_epochs = 0
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         raise UserError("--epochs and --batch-size must be at least 1, --lr positive")
     if args.time_budget is not None and args.time_budget <= 0:
@@ -82,6 +86,10 @@ def resolve(args):
         raise UserError("--backbone-lr-scale must be in (0, 1]")
     if args.mixup < 0 or args.cutmix < 0:
         raise UserError("--mixup and --cutmix alphas must not be negative")
+    if args.pseudo_labels and not 0 < args.pseudo_threshold < 1:
+        raise UserError("--pseudo-threshold must be between 0 and 1")
+    if args.pseudo_labels and not Path(args.pseudo_labels).is_file():
+        raise UserError(f"checkpoint {args.pseudo_labels} not found")
     if (args.mixup or args.cutmix) and args.batch_size % 2:
         raise UserError("--mixup / --cutmix pair each image with another: --batch-size must be even")
     get_recipe(args.aug)
@@ -171,7 +179,8 @@ def _open_run(args, dist):
     if "train_state" not in saved:
         raise UserError(f"{path} cannot be resumed from (no training state): resume from a run's last.pt")
     longer = {k: getattr(args, k) for k in EXTENDABLE if getattr(args, k, None) is not None}
-    args = argparse.Namespace(**saved["train_state"]["args"])
+    # The run's own settings; a flag it predates takes this version's default.
+    args = argparse.Namespace(**{**vars(args), **GLOBAL_DEFAULTS, **saved["train_state"]["args"]})
     done = saved["train_state"]["loop"]
     if "epochs" in longer:
         if args.time_budget:
@@ -211,12 +220,12 @@ def setup(args):
                                                 args.val_per_class, args.seed))
     s = split.load(split_dir, ("train", "val"))
     classes = s["manifest"]["classes"]
+    train_x, train_y, val_x, val_y, notes = _training_set(args, s, split_dir, device)
     model = dist.first(lambda: models.create(args.model, len(classes), args.pretrained and saved is None,
                                              args.pretrained_file))
-    notes = []
     if init_state is not None:
         notes.append(models.load_initial(model, init_state, args.initial_checkpoint, args.model))
-    mean, std, stats = _stats(args, s["train_images"], init_ckpt, saved)
+    mean, std, stats = _stats(args, train_x, init_ckpt, saved)
     cpu_amp = models.entry(args.model).defaults.get("cpu_amp")  # a model may know autocast slows it on CPUs
     amp = runtime.amp_dtype(device, cpu_amp if args.amp is None and device.type == "cpu" else args.amp)
     if args.sync_bn and dist.world > 1:
@@ -224,20 +233,20 @@ def setup(args):
     model.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
     norm = Normalize(mean, std, device, args.channels_last, args.img_size)
     if hasattr(model, "init_from_data") and saved is None and init_state is None:
-        sample = torch.from_numpy(s["train_images"][:5000]).permute(0, 3, 1, 2).to(device)
+        sample = torch.from_numpy(train_x[:5000]).permute(0, 3, 1, 2).to(device)
         model.init_from_data(norm(sample))
     head = models.classifier_name(model)
     backbone = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith(head + ".")]
 
     r = get_recipe(args.aug)
-    drop_last = len(s["train_labels"]) >= args.batch_size  # a split smaller than a batch still trains
+    drop_last = len(train_y) >= args.batch_size  # a split smaller than a batch still trains
     if r.albu:
-        train_loader = AlbuLoader(s["train_images"], s["train_labels"], args.batch_size, norm, device,
+        train_loader = AlbuLoader(train_x, train_y, args.batch_size, norm, device,
                                   workers=args.workers, seed=args.seed, drop_last=drop_last, dist=dist)
     else:
-        train_loader = DeviceLoader(s["train_images"], s["train_labels"], args.batch_size, norm, device, r,
+        train_loader = DeviceLoader(train_x, train_y, args.batch_size, norm, device, r,
                                     shuffle=True, drop_last=drop_last, seed=args.seed, dist=dist)
-    val_loader = DeviceLoader(s["val_images"], s["val_labels"], 512, norm, device, dist=dist)
+    val_loader = DeviceLoader(val_x, val_y, 512, norm, device, dist=dist)
 
     opt = torch.optim.SGD(param_groups(model, head, args.weight_decay, args.backbone_lr_scale), lr=args.lr,
                           momentum=0.9, nesterov=True)
@@ -247,7 +256,11 @@ def setup(args):
     if saved is not None:
         ts = saved["train_state"]
         model.load_state_dict(ts["model"])
-        opt.load_state_dict(ts["optimizer"])
+        try:
+            opt.load_state_dict(ts["optimizer"])
+        except ValueError:  # a run saved by a version with other parameter groups
+            raise UserError(f"{run_dir} was saved by an older cifarkit whose optimizer state does not fit this "
+                            f"one: start a new run (its best.pt still predicts)") from None
         scaler.load_state_dict(ts["scaler"])
         if ema is not None:
             ema.load_state_dict(ts["ema"])
@@ -259,16 +272,33 @@ def setup(args):
             state.loss_sum, state.correct, state.seen = 0.0, 0, 0
 
     meta = dict(model=args.model, num_classes=len(classes), classes=classes, mean=mean, std=std,
-                img_size=args.img_size, normalised_with=stats, dataset=args.dataset, split_dir=str(split_dir), seed=args.seed, device=str(device),
-                train_per_class=s["manifest"]["train_per_class"], val_per_class=s["manifest"]["val_per_class"])
+                img_size=args.img_size, normalised_with=stats, dataset=args.dataset, split_dir=str(split_dir),
+                seed=args.seed, device=str(device), train_per_class=s["manifest"]["train_per_class"], val_per_class=s["manifest"]["val_per_class"])
     config = dict(vars(args), run_dir=str(run_dir), split_dir=str(split_dir), device=str(device),
                   amp=str(amp).removeprefix("torch.") if amp else "off", mean=mean, std=std, normalised_with=stats,
-                  num_classes=len(classes), train_images=len(s["train_labels"]), val_images=len(s["val_labels"]),
+                  num_classes=len(classes), train_images=len(train_y), val_images=len(val_y),
                   params=sum(p.numel() for p in model.parameters()), world_size=dist.world)
     mix = mixer(args.mixup, args.cutmix, args.label_smoothing, len(classes), args.seed)
     criterion = SoftTargetCrossEntropy() if mix else partial(F.cross_entropy, label_smoothing=args.label_smoothing)
     return Run(args, run_dir, dist, device, amp, model, None, ema, opt, scaler, train_loader, val_loader,
                meta, config, state, saved is not None, head, backbone, mix, criterion, notes)
+
+
+def _training_set(args, s, split_dir, device):
+    """(train images, labels, val images, labels, notes): the split's, or for the final fit train + val
+    (no validation left), plus the test images a given model labels confidently (--pseudo-labels)."""
+    from .predict import pseudo_labels
+
+    x, y, vx, vy, notes = s["train_images"], s["train_labels"], s["val_images"], s["val_labels"], []
+    if args.train_on_val:
+        x, y, vx, vy = np.concatenate([x, vx]), np.concatenate([y, vy]), vx[:0], vy[:0]
+        notes.append(f"final fit on train + val: all {len(y)} labelled images")
+    if args.pseudo_labels:
+        px, py = pseudo_labels(args.pseudo_labels, split_dir, s["manifest"]["classes"], args.pseudo_threshold, device)
+        x, y = np.concatenate([x, px]), np.concatenate([y, py])
+        notes.append(f"pseudo-labels: {len(py)} test images that {args.pseudo_labels} labels with confidence "
+                     f">= {args.pseudo_threshold:g} join the training set (transductive; some competitions forbid it)")
+    return x, y, vx, vy, notes
 
 
 def _stats(args, train_images, init, saved):
@@ -401,8 +431,8 @@ class Writer:
         for note in r.notes + [f"inputs {a.img_size} px, normalised with {r.config['normalised_with']} mean/std"]:
             self.print(note)
         if not r.config["val_images"]:
-            self.print("no validation split (--val-per-class 0): no validation figure exists; "
-                       "best.pt holds the weights of the last epoch")
+            self.print("no validation images: no validation figure exists; best.pt holds the weights of the last "
+                       "epoch, the model to use")
 
     def end_epoch(self, lr, sums, val_loss, val_acc):
         r, st = self.r, self.r.state
