@@ -90,3 +90,13 @@ def test_torchcompile_trains_and_saves_plain_weights(tiny, train_main, predict_m
     best = checkpoint.load(tmp_path / "runs" / "c" / "best.pt")
     assert not any(k.startswith("_orig_mod") for k in best["state_dict"])
     assert run_cli(predict_main, [], capsys)[0] == 0
+
+
+def test_a_model_can_keep_autocast_off_on_cpus(monkeypatch):
+    """mobilenetv2_100's depthwise convolutions run slower in bf16 on CPUs: its entry says so, flags still win."""
+    from cifarkit import models
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    cpu = torch.device("cpu")
+    assert models.amp_dtype("mobilenetv2_100", cpu) is None and models.amp_dtype("fast_cnn_s", cpu) is torch.bfloat16
+    assert models.amp_dtype("mobilenetv2_100", cpu, True) is torch.bfloat16

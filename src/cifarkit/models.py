@@ -262,6 +262,13 @@ def load_backbone(model, state, source, timm_name):
     model.load_state_dict(state, strict=False)
 
 
+def amp_dtype(name, device, amp=None):
+    """runtime.amp_dtype with this model's own word on CPU autocast (its registry entry's `cpu_amp`)."""
+    from .runtime import amp_dtype
+
+    return amp_dtype(device, amp, entry(name).defaults.get("cpu_amp"))
+
+
 def pretrained_cfg(name):
     """timm's pretrained config for a transfer model (input size, mean/std), read without any download."""
     e = entry(name)

@@ -97,7 +97,7 @@ def pseudo_labels(path, split_dir, classes, threshold, device):
     if ckpt["classes"] != classes:
         raise UserError(f"{path} was trained with other classes than the split in {split_dir}/")
     images = split.load(split_dir, ("test",))["test_images"]
-    probs = probabilities(ckpt, load_model(ckpt, device), images, device, runtime.amp_dtype(device), None)
+    probs = probabilities(ckpt, load_model(ckpt, device), images, device, models.amp_dtype(ckpt["model"], device), None)
     confidence, labels = probs.max(1)
     keep = (confidence >= threshold).cpu().numpy()
     return images[keep], labels.cpu().numpy()[keep]
@@ -113,7 +113,7 @@ def run(args):
     if args.split == "val" and (args.report or args.submit):
         raise UserError("--split val scores the validation split; --report and --submit need the test split")
     device = runtime.pick_device(args.device)
-    amp = runtime.amp_dtype(device, args.amp)
+    amp = models.amp_dtype(first["model"], device, args.amp)
     split_dir = Path(args.split_dir or first["split_dir"])
     if not (split_dir / "manifest.json").exists():
         split.ensure(first["dataset"], args.data_dir, split_dir, first.get("train_per_class"),
@@ -123,7 +123,8 @@ def run(args):
         raise UserError(f"{paths[0]} was trained with other classes than the split in {split_dir}/")
     images = s[f"{args.split}_images"]
     members = [(ckpt, load_model(ckpt, device)) for ckpt in ckpts]
-    probs = torch.stack([probabilities(c, m, images, device, amp, args.tta) for c, m in members]).mean(0).cpu()
+    probs = torch.stack([probabilities(c, m, images, device, models.amp_dtype(c["model"], device, args.amp), args.tta)
+                         for c, m in members]).mean(0).cpu()
     labels = probs.argmax(1).numpy()
     what = (f"{paths[0]} ({first['model']}, epoch {first['epoch']}, val acc {first['val_acc']:.4f})" if len(paths) == 1
             else f"the average of {len(paths)} checkpoints' probabilities")

@@ -48,8 +48,11 @@ def device_name(device):
     return f"CPU ({model + ', ' if model else ''}{os.cpu_count()} cores)"
 
 
-def amp_dtype(device, amp=None):
-    """The autocast dtype, or None for full precision. amp=None means: on where the hardware is native."""
+def amp_dtype(device, amp=None, cpu_default=None):
+    """The autocast dtype, or None for full precision. amp=None means: on where the hardware is native,
+    unless the model says autocast slows it on CPUs (cpu_default=False)."""
+    if amp is None and device.type == "cpu" and cpu_default is False:
+        return None
     if amp is False:
         return None
     if device.type == "cuda":  # emulated bf16 (T4, V100) is slower than fp16 with a gradient scaler

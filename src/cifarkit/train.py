@@ -226,8 +226,7 @@ def setup(args):
     if init_state is not None:
         notes.append(models.load_initial(model, init_state, args.initial_checkpoint, args.model))
     mean, std, stats = _stats(args, train_x, init_ckpt, saved)
-    cpu_amp = models.entry(args.model).defaults.get("cpu_amp")  # a model may know autocast slows it on CPUs
-    amp = runtime.amp_dtype(device, cpu_amp if args.amp is None and device.type == "cpu" else args.amp)
+    amp = models.amp_dtype(args.model, device, args.amp)
     if args.sync_bn and dist.world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
