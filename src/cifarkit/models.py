@@ -1,10 +1,14 @@
 """The model registry: one function and one `@register` line per model; any timm name also works.
 
 Each entry carries its training defaults (epochs, lr, batch size), so `train.py --model X` is
-sensible without flags. Pretrained weights come from the timm hub, or from a local file
-(`--pretrained-file`) that must fit the network except for its classifier.
+sensible without flags. Its shape knobs (widths, depth, branches) are keyword arguments with
+defaults, which `--model-kwargs key=value` changes without a new function, as in timm. Pretrained
+weights come from the timm hub, or from a local file (`--pretrained-file`) that must fit the
+network except for its classifier.
 """
 
+import ast
+import inspect
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,15 +43,27 @@ def conv_bn(cin, cout):
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+def vgg(num_classes, widths, depth, dropout):
+    """Stages of `depth` conv-BN-ReLU layers, each stage closed by a 2x2 max-pool, then global pooling."""
+    layers, cin = [], 3
+    for w in widths:
+        for _ in range(depth):
+            layers.append(conv_bn(cin, w))
+            cin = w
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(cin, num_classes))
+
+
 @register(epochs=12, lr=0.05, batch_size=128, weight_decay=5e-4, aug="crop_flip", label_smoothing=0.0)
-def simple_cnn(num_classes):
+def simple_cnn(num_classes, widths=(32, 64, 128), depth=2, dropout=0.1):
     """The baseline: a plain VGG-style net (0.3M parameters), the kind a first attempt would use."""
-    return nn.Sequential(
-        conv_bn(3, 32), conv_bn(32, 32), nn.MaxPool2d(2),
-        conv_bn(32, 64), conv_bn(64, 64), nn.MaxPool2d(2),
-        conv_bn(64, 128), conv_bn(128, 128), nn.MaxPool2d(2),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.1), nn.Linear(128, num_classes),
-    )
+    return vgg(num_classes, widths, depth, dropout)
+
+
+@register(epochs=15, lr=0.05, batch_size=128, weight_decay=5e-4, aug="crop_flip", label_smoothing=0.1)
+def deep_cnn(num_classes, widths=(64, 128, 256, 512), depth=2, dropout=0.2):
+    """The classic answer to 'go deeper, add normalisation': simple_cnn's recipe, one stage deeper and wider."""
+    return vgg(num_classes, widths, depth, dropout)
 
 
 class ConvGroup(nn.Module):
@@ -68,21 +84,55 @@ class ConvGroup(nn.Module):
         return F.gelu(self.bn2(self.conv2(x)))
 
 
-class FastNet(nn.Module):
-    """An airbench-class net: a frozen patch-whitening stem set from the data, three conv groups.
+class BranchMix(nn.Module):
+    """Several convs side by side on one input, mixed per image by weights computed from that input.
 
-    The whitening stem decorrelates 2x2 pixel patches, so the first layers need not learn it;
-    `init_from_data` sets it from training images before the first step.
+    Branch i is a 3x3 conv with dilation i+1, so the branches see 3, 5, 7... px neighbourhoods at equal
+    cost; the gate (global average pool -> linear -> softmax) picks per image how much of each to take.
+    The gate starts at zero (equal weights) and every branch starts identity-like, as in ConvGroup.
     """
 
-    def __init__(self, num_classes, widths=(64, 256, 256), whiten_width=24):
+    def __init__(self, cin, cout, branches, pool=False):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(cin, cout, 3, padding=d, dilation=d, bias=False)
+                                   for d in range(1, branches + 1))
+        for conv in self.convs:
+            nn.init.dirac_(conv.weight.data[: min(cin, cout)])
+        self.gate = nn.Linear(cin, branches)
+        nn.init.zeros_(self.gate.weight)
+        nn.init.zeros_(self.gate.bias)
+        self.pool = pool
+        self.bn = nn.BatchNorm2d(cout, momentum=0.4)
+
+    def forward(self, x):
+        w = self.gate(x.mean((2, 3))).softmax(1)
+        y = sum(out * w[:, i, None, None, None].to(out.dtype) for i, out in enumerate(conv(x) for conv in self.convs))
+        if self.pool:
+            y = F.max_pool2d(y, 2)
+        return F.gelu(self.bn(y))
+
+
+def branch_stage(cin, cout, branches, depth):
+    """One stage of branch-mixing blocks; the first pools (after mixing, before BN, as ConvGroup does)."""
+    return nn.Sequential(BranchMix(cin, cout, branches, pool=True),
+                         *(BranchMix(cout, cout, branches) for _ in range(depth - 1)))
+
+
+class FastNet(nn.Module):
+    """An airbench-class net: a frozen patch-whitening stem set from the data, a stack of conv groups.
+
+    The whitening stem decorrelates 2x2 pixel patches, so the first layers need not learn it;
+    `init_from_data` sets it from training images before the first step. `group(cin, cout)` builds
+    each stage (ConvGroup for fast_cnn); the head is a global max-pool and a scaled linear layer.
+    """
+
+    def __init__(self, num_classes, widths=(64, 256, 256), whiten_width=24, group=ConvGroup):
         super().__init__()
         self.whiten = nn.Conv2d(3, whiten_width, 2, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)  # set from data, never trained
-        self.groups = nn.Sequential(
-            ConvGroup(whiten_width, widths[0]), ConvGroup(widths[0], widths[1]), ConvGroup(widths[1], widths[2])
-        )
-        self.head = nn.Linear(widths[2], num_classes, bias=False)
+        cins = (whiten_width, *widths[:-1])
+        self.groups = nn.Sequential(*(group(cin, cout) for cin, cout in zip(cins, widths)))
+        self.head = nn.Linear(widths[-1], num_classes, bias=False)
         self.logit_scale = 1 / 9
 
     @torch.no_grad()
@@ -117,8 +167,14 @@ def fast_cnn_s(num_classes):
     return FastNet(num_classes, widths=(64, 128, 256))
 
 
+@register(epochs=10, lr=0.2, batch_size=256, weight_decay=5e-4, aug="crop_flip", label_smoothing=0.2, ema=True)
+def branch_mix_net(num_classes, widths=(64, 128, 256), depth=2, branches=2):
+    """A course-project design made fast: stages of branch-mixing blocks (BranchMix) on fast_cnn's stem and head."""
+    return FastNet(num_classes, widths, group=lambda cin, cout: branch_stage(cin, cout, branches, depth))
+
+
 @register(timm_name="resnet18", **TRANSFER_DEFAULTS)
-def resnet18(num_classes):
+def resnet18(num_classes, **timm_kwargs):
     """timm ResNet18 with the max-pool removed from its stem, so 32-px inputs keep a 16x16 map after it.
 
     The stock stem shrinks a 32-px image to 8x8 before the first block; upsampling to 128 px costs
@@ -127,13 +183,31 @@ def resnet18(num_classes):
     """
     import timm
 
-    model = timm.create_model("resnet18", num_classes=num_classes)
+    model = timm.create_model("resnet18", num_classes=num_classes, **timm_kwargs)
+    model.maxpool = nn.Identity()
+    return model
+
+
+@register(epochs=15, lr=0.1, batch_size=128, weight_decay=5e-4, aug="crop_flip", label_smoothing=0.1)
+def resnet18_cifar(num_classes, layers=(2, 2, 2, 2), channels=(64, 128, 256, 512), **timm_kwargs):
+    """The CIFAR ResNet-18 (11.2M parameters), timm's ResNet with a 3x3 stride-1 stem and no max-pool.
+
+    The standard from-scratch reference; its published figures (about 95% CIFAR-10, 76-78% CIFAR-100)
+    take some 200 epochs on a GPU. `layers` and `channels` are timm's names; other kwargs go to timm.
+    """
+    import timm
+
+    if len(layers) != 4 or len(channels) != 4:
+        raise ValueError("layers and channels need 4 entries, one per stage")
+    model = timm.create_model("resnet18", num_classes=num_classes, layers=layers, channels=channels, **timm_kwargs)
+    model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, padding=1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # as timm inits its convs
     model.maxpool = nn.Identity()
     return model
 
 
 @register(timm_name="mobilenetv2_100", **dict(TRANSFER_DEFAULTS, img_size=96, freeze_epochs=1, cpu_amp=False))
-def mobilenetv2_100(num_classes):
+def mobilenetv2_100(num_classes, **timm_kwargs):
     """timm MobileNetV2 (width 1.0), stock stem, fed batches upsampled to 96 px, classifier first.
 
     At 32 px its stride-32 stem leaves a 1x1 final map; upsampled inputs are what its ImageNet
@@ -143,7 +217,7 @@ def mobilenetv2_100(num_classes):
     """
     import timm
 
-    return timm.create_model("mobilenetv2_100", num_classes=num_classes)
+    return timm.create_model("mobilenetv2_100", num_classes=num_classes, **timm_kwargs)
 
 
 def list_models():
@@ -157,14 +231,87 @@ def entry(name):
     import timm
 
     if timm.is_model(name):  # tags too: resnet18.tv_in1k
-        return Entry(lambda num_classes: timm.create_model(name, num_classes=num_classes), dict(TRANSFER_DEFAULTS), name)
+        return Entry(lambda num_classes, **timm_kwargs: timm.create_model(name, num_classes=num_classes, **timm_kwargs),
+                     dict(TRANSFER_DEFAULTS), name)
     raise UserError(f"unknown model {name!r}: ours are {', '.join(list_models())}, or give any timm model name")
 
 
-def create(name, num_classes, pretrained=False, pretrained_file=None):
-    """Build a model; with `pretrained`, load ImageNet weights from `pretrained_file` or the timm hub."""
+def parse_model_kwargs(items):
+    """`key=value` strings -> dict. Values are Python literals (depth=3, widths=(64,128)); anything else stays a string."""
+    kwargs = {}
+    for item in items or ():
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise UserError(f"--model-kwargs: {item!r} is not key=value (e.g. depth=3 or widths=(64,128,256))")
+        if key in kwargs:
+            raise UserError(f"--model-kwargs: {key} given twice")
+        try:
+            kwargs[key] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            kwargs[key] = text.strip()
+    return kwargs
+
+
+def model_kwargs_of(name):
+    """The shape knobs a model takes, with their defaults, and whether it passes other kwargs on to timm."""
+    params = list(inspect.signature(entry(name).build).parameters.values())[1:]  # after num_classes
+    knobs = {p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return knobs, any(p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _fits(value, default):
+    """A value of the default's kind: a bool, a positive whole number, a number, a string, or a tuple of those."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and value > 0
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, tuple):
+        return isinstance(value, (tuple, list)) and len(value) > 0 and all(_fits(v, default[0]) for v in value)
+    return isinstance(value, type(default))
+
+
+def _check_model_kwargs(name, kwargs):
+    """Refuse, in one line naming the key and the accepted ones, a key the model lacks or a value of the wrong kind.
+
+    Returns the kwargs (lists made tuples) and the accepted keys in words, for later messages.
+    """
+    knobs, to_timm = model_kwargs_of(name)
+    accepted = "accepted keys (defaults): " + (", ".join(f"{k}={v!r}" for k, v in knobs.items()) or "none")
+    if to_timm:
+        accepted += ", and keyword arguments of timm.create_model"
+    for key, value in kwargs.items():
+        if key not in knobs and not to_timm:
+            raise UserError(f"--model-kwargs: {name} has no {key!r}; {accepted}")
+        if key in knobs and not _fits(value, knobs[key]):
+            raise UserError(f"--model-kwargs: {key}={value!r} is not valid for {name} (give a value like the "
+                            f"default, whole numbers positive); {accepted}")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}, accepted
+
+
+def _build(name, build, num_classes, kwargs, accepted):
+    """Build, and with kwargs try one forward pass, so a shape that does not fit fails now in one line."""
+    if not kwargs:
+        return build(num_classes)
+    given = " ".join(f"{k}={v!r}" for k, v in kwargs.items())
+    try:
+        model = build(num_classes, **kwargs)
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(2, 3, 32, 32))
+        return model.train()
+    except (TypeError, ValueError, RuntimeError) as e:  # timm's unknown keyword, a negative size, a shape clash
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"--model-kwargs {given} do not fit {name} ({first}); {accepted}") from None
+
+
+def create(name, num_classes, pretrained=False, pretrained_file=None, model_kwargs=None):
+    """Build a model (its shape changed by `model_kwargs`); with `pretrained`, load ImageNet weights
+    from `pretrained_file` or the timm hub."""
     e = entry(name)
-    model = e.build(num_classes)
+    model = _build(name, e.build, num_classes, *_check_model_kwargs(name, model_kwargs or {}))
     if not pretrained:
         return model
     if e.timm_name is None:
