@@ -31,16 +31,18 @@ def test_resnet18_cifar_is_the_standard_one():
     assert [len(layer) for layer in (model.layer1, model.layer2, model.layer3, model.layer4)] == [2, 2, 2, 2]
 
 
-def test_branch_mix_weights_come_from_the_input():
+@pytest.mark.parametrize("pool", [False, True])
+def test_branch_mix_weights_come_from_the_input(pool):
     """Each image gets its own softmax mix of the branches, computed from that image."""
-    block = models.BranchMix(8, 8, branches=3)
+    block = models.BranchMix(8, 8, branches=3, pool=pool)
     torch.nn.init.normal_(block.gate.weight)
     x = torch.randn(2, 8, 16, 16)
     x[1] *= 5
     w = block.gate(x.mean((2, 3))).softmax(1)
     assert torch.allclose(w.sum(1), torch.ones(2)) and not torch.allclose(w[0], w[1])
     block.eval()
-    by_hand = sum(conv(x) * w[:, i, None, None, None] for i, conv in enumerate(block.convs))
+    outs = [torch.nn.functional.max_pool2d(conv(x), 2) if pool else conv(x) for conv in block.convs]
+    by_hand = sum(out * w[:, i, None, None, None] for i, out in enumerate(outs))
     assert torch.allclose(block(x), torch.nn.functional.gelu(block.bn(by_hand)), atol=1e-5)
 
 

@@ -89,7 +89,9 @@ class BranchMix(nn.Module):
 
     Branch i is a 3x3 conv with dilation i+1, so the branches see 3, 5, 7... px neighbourhoods at equal
     cost; the gate (global average pool -> linear -> softmax) picks per image how much of each to take.
-    The gate starts at zero (equal weights) and every branch starts identity-like, as in ConvGroup.
+    With `pool`, each branch is max-pooled before the mix (the same as pooling the scaled branch, since
+    the weights are positive), so the mix runs on a quarter of the pixels. The gate starts at zero
+    (equal weights) and every branch starts identity-like, as in ConvGroup.
     """
 
     def __init__(self, cin, cout, branches, pool=False):
@@ -106,14 +108,15 @@ class BranchMix(nn.Module):
 
     def forward(self, x):
         w = self.gate(x.mean((2, 3))).softmax(1)
-        y = sum(out * w[:, i, None, None, None].to(out.dtype) for i, out in enumerate(conv(x) for conv in self.convs))
-        if self.pool:
-            y = F.max_pool2d(y, 2)
+        y = 0
+        for i, conv in enumerate(self.convs):
+            out = F.max_pool2d(conv(x), 2) if self.pool else conv(x)
+            y = y + out * w[:, i, None, None, None].to(out.dtype)
         return F.gelu(self.bn(y))
 
 
 def branch_stage(cin, cout, branches, depth):
-    """One stage of branch-mixing blocks; the first pools (after mixing, before BN, as ConvGroup does)."""
+    """One stage of branch-mixing blocks; the first pools (before BN, as ConvGroup does)."""
     return nn.Sequential(BranchMix(cin, cout, branches, pool=True),
                          *(BranchMix(cout, cout, branches) for _ in range(depth - 1)))
 
