@@ -87,7 +87,7 @@ def test_model_kwargs_reach_the_layers():
 
 
 @pytest.mark.parametrize("name, kwargs, message", [
-    ("deep_cnn", dict(depht=3), "deep_cnn has no 'depht'; accepted keys (defaults): widths=(64, 128, 256, 512), "
+    ("deep_cnn", dict(depht=3), "deep_cnn has no 'depht'; accepted keys (defaults): widths=(32, 64, 128, 256), "
                                 "depth=2, dropout=0.2"),
     ("simple_cnn", dict(branches=2), "simple_cnn has no 'branches'"),
     ("fast_cnn", dict(depth=2), "fast_cnn has no 'depth'; accepted keys (defaults): none"),
