@@ -30,12 +30,15 @@ from cifarkit.train import fit  # noqa: E402
 
 
 def train_speed(name, seconds, batch_size, device):
-    """Training images/s (forward, backward, SGD step) on one random batch, with train.py's precision and layout."""
+    """Training images/s (forward, backward, SGD step) on one random batch, with train.py's precision, input
+    size and layout for this model."""
+    defaults = models.entry(name).defaults
+    size = models.input_size(name, defaults.get("img_size"))
+    amp = runtime.amp_dtype(device, defaults.get("cpu_amp") if device.type == "cpu" else None)
     model = models.create(name, 10).to(device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    x = torch.randn(batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch_size,), device=device)
-    amp = runtime.amp_dtype(device)
     steps, t0 = -2, None  # two warm-up steps, untimed
     while t0 is None or time.perf_counter() - t0 < seconds:
         with runtime.autocast(device, amp):
@@ -73,8 +76,8 @@ def main():
             raise UserError("--speed-only must be a positive number of seconds, --batch-size at least 1")
         device = runtime.pick_device(a.device)
         print(f"training images/s on random batches of {a.batch_size}, {a.speed_only:g} s each, on "
-              f"{runtime.device_name(device)}, {torch.get_num_threads()} threads, "
-              f"autocast {runtime.amp_dtype(device)}, channels_last:")
+              f"{runtime.device_name(device)}, {torch.get_num_threads()} threads, channels_last, each model's "
+              f"own input size and autocast (as train.py):")
         for name in a.models:
             print(f"  {name:16s} {train_speed(name, a.speed_only, a.batch_size, device):8,.0f}", flush=True)
         return
@@ -95,17 +98,16 @@ def main():
         predict.run(predict_cli.parser().parse_args(["--checkpoint", str(run / "best.pt"),
                                                      "--submission", str(submission), "--device", a.device]))
         cfg = pd.read_json(run / "config.json", typ="series")
-        net = models.create(name, int(cfg["num_classes"]))
         images = (log["images_per_s"] * log["seconds"]).sum()  # every epoch's images, the last one's cut short too
-        rows.append(dict(model=name, params=sum(q.numel() for q in net.parameters()),
+        rows.append(dict(model=name, params=cfg["params"], amp=cfg["amp"],
                          images_per_s=images / log["seconds"].sum(), epochs=len(log), val_acc=log["val_acc"].max(),
                          test_acc=predict.score(pd.read_csv(submission)["label"].to_numpy(),
                                                 Path(cfg["split_dir"]) / "solution.csv")))
-    print(f"\n{a.dataset}, {a.time_budget} s of training each, from scratch, on {cfg['device']} "
-          f"({cfg['amp']} autocast); test = the written submission scored against solution.csv:")
-    print(f"| model | parameters | train images/s | epochs | val accuracy | test accuracy |\n|{' --- |' * 6}")
+    print(f"\n{a.dataset}, {a.time_budget} s of training each, from scratch, on {cfg['device']}; "
+          f"test = the written submission scored against solution.csv:")
+    print(f"| model | parameters | autocast | train images/s | epochs | val accuracy | test accuracy |\n|{' --- |' * 7}")
     for r in rows:
-        print(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['images_per_s']:,.0f} | {r['epochs']} | "
+        print(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {r['amp']} | {r['images_per_s']:,.0f} | {r['epochs']} | "
               f"{r['val_acc']:.2%} | {r['test_acc']:.2%} |")
 
 
