@@ -40,8 +40,14 @@ Training
   test_albumentations_stream_depends_on_seed_epoch_and_worker, test_train_predict.py::
   test_albumentations_in_workers_trains_the_same_run_twice
 - "What it writes" (the run folder's files) -> test_train_predict.py::test_train_writes_the_run_folder
+- "`deep_cnn` ..., `branch_mix_net` ..., and `resnet18_cifar`" (their designs and parameter counts) ->
+  test_scratch_models.py::test_new_models_classify_32px, test_branch_mix_weights_come_from_the_input,
+  test_parameter_counts_as_documented, test_one_epoch_and_predict_round_trip
 Why this ResNet18 stem
 - "real timm and torchvision ImageNet files load unchanged" -> test_models.py::test_real_resnet18_files_load_unchanged
+The CIFAR ResNet-18 on a GPU
+- "3x3 stride-1 stem, no max-pool, BasicBlocks [2,2,2,2], widths 64-128-256-512, 11.2M parameters" ->
+  test_scratch_models.py::test_resnet18_cifar_is_the_standard_one
 Predicting
 - "writes `submissions/submission.csv` ... and checks the file"; "`--score` prints accuracy against `solution.csv`" ->
   test_train_predict.py::test_predict_writes_the_models_argmax_and_scores_it

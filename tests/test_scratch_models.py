@@ -28,7 +28,15 @@ def test_resnet18_cifar_is_the_standard_one():
     assert params(model) == 11_173_962  # the CIFAR ResNet-18 of the literature, 10 classes
     assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
     assert isinstance(model.maxpool, torch.nn.Identity)
-    assert [len(layer) for layer in (model.layer1, model.layer2, model.layer3, model.layer4)] == [2, 2, 2, 2]
+    layers = (model.layer1, model.layer2, model.layer3, model.layer4)
+    assert [len(layer) for layer in layers] == [2, 2, 2, 2]
+    assert [layer[-1].conv2.out_channels for layer in layers] == [64, 128, 256, 512]
+
+
+def test_parameter_counts_as_documented():
+    """README and docstrings: deep_cnn 1.2M, branch_mix_net 1.3M parameters (10 classes)."""
+    assert round(params(models.create("deep_cnn", 10)) / 1e6, 1) == 1.2
+    assert round(params(models.create("branch_mix_net", 10)) / 1e6, 1) == 1.3
 
 
 @pytest.mark.parametrize("pool", [False, True])
