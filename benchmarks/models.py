@@ -32,9 +32,8 @@ from cifarkit.train import fit  # noqa: E402
 def train_speed(name, seconds, batch_size, device):
     """Training images/s (forward, backward, SGD step) on one random batch, with train.py's precision, input
     size and layout for this model."""
-    defaults = models.entry(name).defaults
-    size = models.input_size(name, defaults.get("img_size"))
-    amp = runtime.amp_dtype(device, defaults.get("cpu_amp") if device.type == "cpu" else None)
+    size = models.input_size(name, models.entry(name).defaults.get("img_size"))
+    amp = models.amp_dtype(name, device)
     model = models.create(name, 10).to(device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
