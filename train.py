@@ -17,6 +17,10 @@ def parser():
     )
     p.add_argument("--model", default="resnet18",
                    help="a registry name (see --list-models) or any timm model name")
+    p.add_argument("--model-kwargs", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="change a model's shape without a new function (Python literals, quoted for the shell), "
+                        "e.g. depth=3 'widths=(32,64,128,256)'; --list-models shows each model's keys; stored in "
+                        "the checkpoint, so predict rebuilds the same network")
     p.add_argument("--list-models", action="store_true", help="list our models with their defaults and exit")
     add_split_args(p)
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
@@ -102,7 +106,9 @@ def main(argv=None):
         for name in models.list_models():
             e = models.MODELS[name]
             print(f"{name:16s} {'ImageNet-pretrained' if e.timm_name else 'scratch':20s} "
-                  + " ".join(f"{k}={v}" for k, v in e.defaults.items()))
+                  + " ".join(f"{k}={v}" for k, v in e.defaults.items())
+                  + "".join(f"\n{'':37s}--model-kwargs: " + " ".join(f"{k}={v!r}" for k, v in knobs.items())
+                            for knobs in [models.model_kwargs_of(name)[0]] if knobs))
         print("any other timm model name works too (pretrained, with resnet18's defaults)")
         return
     if args.resume:

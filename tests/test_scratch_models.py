@@ -132,3 +132,25 @@ def test_one_epoch_and_predict_round_trip(name, cifar10_dir, train_main, predict
     assert code == 0, err
     sub = pd.read_csv(tmp_path / "sub.csv")
     assert sub["id"].tolist() == list(range(40)) and sub["label"].between(0, 9).all()
+
+
+def test_model_kwargs_are_stored_and_reused_by_predict_and_resume(cifar10_dir, train_main, predict_main, capsys,
+                                                                  tmp_path):
+    from cifarkit import checkpoint
+
+    argv = ["--dataset", "cifar10", "--model", "deep_cnn", "--data-dir", str(cifar10_dir), "--train-per-class", "9",
+            "--val-per-class", "3", "--epochs", "1", "-b", "16", "--device", "cpu", "--experiment", "kw",
+            "--model-kwargs", "widths=(8,16)", "depth=1"]
+    code, _, err = run_cli(train_main, argv, capsys)
+    assert code == 0, err
+    best = checkpoint.load(tmp_path / "runs" / "kw" / "best.pt")
+    assert best["model_kwargs"] == {"widths": (8, 16), "depth": 1}
+    assert best["state_dict"]["0.0.weight"].shape == (8, 3, 3, 3)
+    assert run_cli(predict_main, ["--checkpoint", str(tmp_path / "runs" / "kw" / "best.pt")], capsys)[0] == 0
+    code, out, err = run_cli(train_main, ["--resume", "runs/kw", "--epochs", "2"], capsys)
+    assert code == 0, err
+    assert checkpoint.load(tmp_path / "runs" / "kw" / "last.pt")["model_kwargs"] == {"widths": (8, 16), "depth": 1}
+    bad = [a if a != "depth=1" else "depht=1" for a in argv]
+    bad[bad.index("kw")] = "bad"
+    code, _, err = run_cli(train_main, bad, capsys)
+    assert code == 2 and err.count("\n") == 1 and "accepted keys" in err

@@ -62,7 +62,7 @@ def evaluate(model, loader, device, amp=None, tta=None, dist=None):
 
 def load_model(ckpt, device, channels_last=True):
     """Rebuild the network named in a checkpoint and load its weights; refuse a mismatch clearly."""
-    model = models.create(ckpt["model"], ckpt["num_classes"])
+    model = models.create(ckpt["model"], ckpt["num_classes"], model_kwargs=ckpt.get("model_kwargs"))
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

@@ -74,6 +74,7 @@ def resolve(args):
         raise UserError("--label-smoothing must be in [0, 1) and --weight-decay not negative")
     if args.workers < 0 or args.checkpoint_interval < 0:
         raise UserError("--workers and --checkpoint-interval must not be negative")
+    args.model_kwargs = models.parse_model_kwargs(args.model_kwargs)
     args.img_size = models.input_size(args.model, args.img_size)
     if not 8 <= args.img_size <= 1024:
         raise UserError("--img-size must be between 8 and 1024 pixels")
@@ -222,7 +223,7 @@ def setup(args):
     classes = s["manifest"]["classes"]
     train_x, train_y, val_x, val_y, notes = _training_set(args, s, split_dir, device)
     model = dist.first(lambda: models.create(args.model, len(classes), args.pretrained and saved is None,
-                                             args.pretrained_file))
+                                             args.pretrained_file, args.model_kwargs))
     if init_state is not None:
         notes.append(models.load_initial(model, init_state, args.initial_checkpoint, args.model))
     mean, std, stats = _stats(args, train_x, init_ckpt, saved)
@@ -271,7 +272,7 @@ def setup(args):
             state.loss_sum, state.correct, state.seen = 0.0, 0, 0
 
     meta = dict(model=args.model, num_classes=len(classes), classes=classes, mean=mean, std=std,
-                img_size=args.img_size, normalised_with=stats, dataset=args.dataset, split_dir=str(split_dir),
+                img_size=args.img_size, model_kwargs=args.model_kwargs, normalised_with=stats, dataset=args.dataset, split_dir=str(split_dir),
                 seed=args.seed, device=str(device), train_per_class=s["manifest"]["train_per_class"], val_per_class=s["manifest"]["val_per_class"])
     config = dict(vars(args), run_dir=str(run_dir), split_dir=str(split_dir), device=str(device),
                   amp=str(amp).removeprefix("torch.") if amp else "off", mean=mean, std=std, normalised_with=stats,
