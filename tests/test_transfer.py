@@ -1,7 +1,6 @@
 """Transfer learning: input size, the weights' own normalisation, head-first phases, starting from our
 own checkpoints, mixup/cutmix (reproducible and exactly resumable)."""
 
-import argparse
 import os
 import signal
 import subprocess
