@@ -4,14 +4,14 @@
 import argparse
 
 from cifarkit import predict
-from cifarkit.errors import cli
+from cifarkit.errors import HelpFormatter, cli
 
 
 def parser():
     p = argparse.ArgumentParser(
         description="Predict the hidden test split with a trained checkpoint and write a checked Kaggle "
                     "submission (id,label).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--checkpoint", nargs="+", default=None, metavar="PATH",
                    help="checkpoint(s) to use (default: newest run's best.pt); several: an ensemble that averages "

@@ -5,7 +5,7 @@ import argparse
 
 from cifarkit import models, train
 from cifarkit.augment import RECIPES
-from cifarkit.errors import UserError, cli
+from cifarkit.errors import HelpFormatter, UserError, cli
 from cifarkit.split import add_split_args
 
 
@@ -13,7 +13,7 @@ def parser():
     p = argparse.ArgumentParser(
         description="Train a CIFAR classifier on the Kaggle-style split (built on first use). "
                     "Unset flags take the model's own defaults (see --list-models).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--model", default="resnet18",
                    help="a registry name (see --list-models) or any timm model name")

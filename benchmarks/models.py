@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import predict as predict_cli  # noqa: E402
 import train as train_cli  # noqa: E402
 from cifarkit import models, predict, runtime  # noqa: E402
-from cifarkit.errors import UserError, cli  # noqa: E402
+from cifarkit.errors import HelpFormatter, UserError, cli  # noqa: E402
 from cifarkit.train import fit  # noqa: E402
 
 
@@ -55,7 +55,7 @@ def train_speed(name, seconds, batch_size, device):
 @cli
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--data-dir", help="folder holding the official CIFAR files")
     p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
     p.add_argument("--time-budget", default="600", help="seconds of training for each model")

@@ -1,5 +1,6 @@
 """User mistakes end in one line and a non-zero exit; only our own bugs may print a traceback."""
 
+import argparse
 import functools
 import sys
 
@@ -26,3 +27,12 @@ def cli(main):
             sys.exit(130)
 
     return wrapper
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default once: not where the help already says it, nor None/False (meaning 'not set')."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or "") or action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)

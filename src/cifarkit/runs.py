@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from .atomic import write_text
-from .errors import UserError, cli
+from .errors import HelpFormatter, UserError, cli
 
 MARKERS = ("config.json", "log.csv", "best.pt", "last.pt")  # any of these makes a folder a run
 COLUMNS = ["run", "dataset", "model", "epochs", "seconds", "params", "val_acc", "test_acc"]
@@ -121,7 +121,7 @@ def parser():
                     "training seconds, parameters, best val accuracy and test accuracy (when predict.py --score "
                     "recorded one in the run's scores.json); '-' where a run does not say. Reads config.json, "
                     "log.csv and scores.json, never a checkpoint. No run to list is an error (exit code 2).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--output", default="runs", help="folder holding the run folders")
     p.add_argument("--sort", choices=list(SORTS), default="val_acc",
                    help="; ".join(f"{k}: {v[2]}" for k, v in SORTS.items()) + "; unknown values last")
