@@ -23,6 +23,9 @@ def parser():
                         "the checkpoint, so predict rebuilds the same network")
     p.add_argument("--list-models", action="store_true", help="list our models with their defaults and exit")
     add_split_args(p)
+    p.add_argument("--seed", type=int, default=0,
+                   help="initialisation, batch order and augmentation draws; the split stays --split-seed's, so "
+                        "runs of several seeds share one val set and their figures and blends compare")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="start from ImageNet weights (default: yes for timm models, which download them; "
                         "no for scratch models)")

@@ -116,3 +116,23 @@ def test_pseudo_labels_add_only_confident_test_images_with_their_labels(members,
     assert code == 0, err
     assert "pseudo-labels: 3 test images" in out
     assert json.loads((tmp_path / "runs" / "pseudo" / "config.json").read_text())["train_images"] == 90 + 3
+
+
+def test_seeds_share_one_split_and_split_seed_changes_it(cifar10_dir, train_main, capsys, tmp_path):
+    """A blend of seeds is scored on a val set none of its members trained on: --seed leaves the split alone."""
+    def train(name, *extra):
+        code, out, err = run_cli(train_main, ["--data-dir", str(cifar10_dir), *TINY, "--epochs", "1", "--model",
+                                              "simple_cnn", "--experiment", name, *extra], capsys)
+        assert code == 0, err
+        return out, checkpoint.load(tmp_path / "runs" / name / "best.pt")
+
+    manifest = tmp_path / "data" / "cifar10" / "manifest.json"
+    _, a = train("s1", "--seed", "1")
+    before = manifest.read_text()
+    out, b = train("s2", "--seed", "2")
+    assert "rebuilding" not in out and manifest.read_text() == before
+    first = next(iter(a["state_dict"]))
+    assert not torch.equal(a["state_dict"][first], b["state_dict"][first])  # the seed still seeds the weights
+    out, c = train("s3", "--seed", "1", "--split-seed", "1")
+    assert "rebuilding" in out and json.loads(manifest.read_text())["seed"] == 1
+    assert (a["seed"], a["split_seed"], c["split_seed"]) == (1, 0, 1)

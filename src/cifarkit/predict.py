@@ -117,7 +117,7 @@ def run(args):
     split_dir = Path(args.split_dir or first["split_dir"])
     if not (split_dir / "manifest.json").exists():
         split.ensure(first["dataset"], args.data_dir, split_dir, first.get("train_per_class"),
-                     first.get("val_per_class"), first.get("seed", 0))
+                     first.get("val_per_class"), first.get("split_seed", first.get("seed", 0)))
     s = split.load(split_dir, (args.split,))
     if s["manifest"]["classes"] != first["classes"]:
         raise UserError(f"{paths[0]} was trained with other classes than the split in {split_dir}/")

@@ -158,7 +158,8 @@ def add_split_args(p):
                    help="training images per class (default: 450 for cifar100, 4500 for cifar10)")
     p.add_argument("--val-per-class", type=int, default=None,
                    help="validation images per class (default: 50 for cifar100, 500 for cifar10)")
-    p.add_argument("--seed", type=int, default=0, help="chooses train/val membership (default: 0)")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="chooses train/val membership (default: 0); runs that share it share one split")
 
 
 @cli
@@ -171,7 +172,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     split_dir = Path(args.split_dir or default_split_dir(args.dataset))
     data = read.load(args.data_dir, args.dataset)
-    m = build(data, split_dir, args.train_per_class, args.val_per_class, args.seed)
+    m = build(data, split_dir, args.train_per_class, args.val_per_class, args.split_seed)
     c = m["counts"]
     print(f"{args.dataset}: {c['train']} train ({m['train_per_class']}/class), {c['val']} val "
           f"({m['val_per_class']}/class), {c['test']} test (labels hidden) -> {split_dir}/")

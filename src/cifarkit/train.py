@@ -182,6 +182,8 @@ def _open_run(args, dist):
     longer = {k: getattr(args, k) for k in EXTENDABLE if getattr(args, k, None) is not None}
     # The run's own settings; a flag it predates takes this version's default.
     args = argparse.Namespace(**{**vars(args), **GLOBAL_DEFAULTS, **saved["train_state"]["args"]})
+    if "split_seed" not in saved["train_state"]["args"]:  # runs from before --split-seed: --seed chose the split
+        args.split_seed = args.seed
     done = saved["train_state"]["loop"]
     if "epochs" in longer:
         if args.time_budget:
@@ -218,7 +220,7 @@ def setup(args):
                             f"pass --model {init_ckpt['model']}")
     torch.manual_seed(args.seed)  # the same on every rank: one initialisation, as DDP expects
     split_dir = dist.first(lambda: split.ensure(args.dataset, args.data_dir, args.split_dir, args.train_per_class,
-                                                args.val_per_class, args.seed))
+                                                args.val_per_class, args.split_seed))
     s = split.load(split_dir, ("train", "val"))
     classes = s["manifest"]["classes"]
     train_x, train_y, val_x, val_y, notes = _training_set(args, s, split_dir, device)
@@ -273,7 +275,7 @@ def setup(args):
 
     meta = dict(model=args.model, num_classes=len(classes), classes=classes, mean=mean, std=std,
                 img_size=args.img_size, model_kwargs=args.model_kwargs, normalised_with=stats, dataset=args.dataset, split_dir=str(split_dir),
-                seed=args.seed, device=str(device), train_per_class=s["manifest"]["train_per_class"], val_per_class=s["manifest"]["val_per_class"])
+                seed=args.seed, split_seed=args.split_seed, device=str(device), train_per_class=s["manifest"]["train_per_class"], val_per_class=s["manifest"]["val_per_class"])
     config = dict(vars(args), run_dir=str(run_dir), split_dir=str(split_dir), device=str(device),
                   amp=str(amp).removeprefix("torch.") if amp else "off", mean=mean, std=std, normalised_with=stats,
                   num_classes=len(classes), train_images=len(train_y), val_images=len(val_y),
