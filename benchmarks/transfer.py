@@ -2,8 +2,9 @@
 """What transfer learning is worth here, arm by arm, at equal training time, in one run.
 
 On the partial CIFAR-100 with real ImageNet MobileNetV2 weights: scratch vs pretrained at 32 px and
-upsampled to 64/96/128 px; then, at the best size, head-first vs all at once, a lower backbone
-learning rate on/off, the split's vs the weights' normalisation, mixup and cutmix. With fast_cnn_s:
+upsampled to 64/96/128 px (all layers from the start); then, at the best size, head-first vs all at
+once, a lower backbone learning rate on/off, the split's vs the weights' normalisation, mixup and
+cutmix; and the model's registry recipe, which is what `train.py --model NAME` runs. With fast_cnn_s:
 a real CIFAR-10 checkpoint as the start of a CIFAR-100 run vs scratch. Prints one table (markdown).
 
     python benchmarks/transfer.py --data-dir ../shared/data/cifar100-partial \
@@ -59,18 +60,20 @@ def main():
     a = p.parse_args()
 
     weights = ["--model", a.model, "--pretrained-file", a.pretrained_file, "--no-amp"]
+    plain = [*weights, "--freeze-epochs", "0"]  # every layer from the first step, one learning rate
     rows = [run(a, "scratch 32 px", ["--model", a.model, "--no-pretrained", "--no-amp", "--img-size", "32"])]
     for size in a.sizes:
-        rows.append(run(a, f"pretrained {size} px", [*weights, "--img-size", str(size)]))
+        rows.append(run(a, f"pretrained {size} px", [*plain, "--img-size", str(size)]))
     best = max(rows[1:], key=lambda r: r["val_acc"])
     size = best["flags"].split("--img-size ")[1]
-    at_best = [*weights, "--img-size", size]
+    at_best = [*plain, "--img-size", size]
     for name, extra in ((f"{size} px, head first (1 epoch)", ["--freeze-epochs", "1"]),
                         (f"{size} px, backbone lr x0.1", ["--backbone-lr-scale", "0.1"]),
                         (f"{size} px, split's mean/std", ["--norm-stats", "split"]),
                         (f"{size} px, mixup 0.2", ["--mixup", "0.2"]),
                         (f"{size} px, cutmix 1.0", ["--cutmix", "1.0"])):
         rows.append(run(a, name, at_best + extra))
+    rows.append(run(a, f"{a.model}'s registry recipe (train.py --model {a.model})", weights))
 
     start = a.cifar10_checkpoint
     if start is None:
