@@ -38,6 +38,9 @@ def parser():
                         "vendor's 70%%, gap to the state of the art, per-class accuracy, confusion matrix, cost, "
                         "robustness under corruptions, recommendation) with its figures")
     p.add_argument("--report-dir", default="reports", help="where --report writes")
+    p.add_argument("--baseline", default=None, metavar="CHECKPOINT",
+                   help="with --report: another model (say one trained on clean images only) measured on the same "
+                        "clean and corrupted test images, side by side; a written rule says which of the two to ship")
     p.add_argument("--submit", default=None, metavar="COMPETITION",
                    help="upload the checked submission to this Kaggle competition (needs the kaggle extra and "
                         "credentials; see python -m cifarkit.kaggle --help)")

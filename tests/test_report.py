@@ -105,7 +105,7 @@ def test_weakest_classes_named(tmp_path):
 
 def test_corruptions_are_deterministic_and_change_images():
     images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
-    for name in report.CORRUPTIONS:
+    for name in [*report.CORRUPTIONS, *report.HELD_OUT]:
         a, b = report.corrupt(images, name), report.corrupt(images, name)
         assert a.shape == images.shape and a.dtype == np.uint8
         assert np.array_equal(a, b), name
@@ -124,6 +124,17 @@ def test_predict_report_end_to_end(trained, predict_main, capsys, tmp_path):
     assert len(summary) == 5 and summary[-1].startswith("recommendation: ")
 
 
+def test_predict_report_with_a_baseline(trained, predict_main, capsys, tmp_path):
+    best = str(trained.run / "best.pt")
+    code, out, err = run_cli(predict_main, ["--checkpoint", best, "--report", "--baseline", best], capsys)
+    assert code == 0, err
+    text = (tmp_path / "reports" / "cifar10_build_vs_buy.md").read_text()
+    assert "## Ours vs the baseline" in text and "**ship ours**" in text  # the same model: rule 1 both ways
+    assert "robustness (baseline): JPEG quality 30" in out and (tmp_path / "reports" / "cifar10_corruptions.png").exists()
+    code, _, err = run_cli(predict_main, ["--checkpoint", best, "--baseline", best], capsys)
+    assert code == 2 and err.strip() == "error: --baseline is a model for the report to compare with: add --report"
+
+
 def test_report_refuses_cifar100(cifar100_dir, train_main, predict_main, capsys, tmp_path):
     code, _, err = run_cli(train_main, ["--model", "simple_cnn", "--data-dir", str(cifar100_dir),
                                         "--train-per-class", "4", "--val-per-class", "1", "--epochs", "1"], capsys)
@@ -131,3 +142,32 @@ def test_report_refuses_cifar100(cifar100_dir, train_main, predict_main, capsys,
     code, out, err = run_cli(predict_main, ["--report"], capsys)
     assert code == 2 and "--report compares with CIFAR-10" in err
     assert not (tmp_path / "submissions").exists(), "refused before writing anything"
+
+
+@pytest.mark.parametrize("ours, baseline, ship_ours", [
+    ((0.925, 0.85), (0.930, 0.60), True),    # 0.5 points of clean accuracy for robustness: worth it
+    ((0.9249, 0.85), (0.930, 0.60), True),   # 0.51 points: rule 2, half-degraded inputs favour ours
+    ((0.9249, 0.602), (0.930, 0.60), False),  # 0.51 points for 0.2 under corruptions: rule 2 keeps the baseline
+    ((0.930, 0.60), (0.930, 0.60), True),    # equal: ours (rule 1 holds both ways, ours asked first)
+    ((0.934, 0.59), (0.930, 0.60), False),   # cleaner by under 0.5 but less robust: the baseline wins rule 1
+    ((0.946, 0.59), (0.930, 0.60), True),    # cleaner by 1.6, 1 point less robust: rule 2, ours
+])
+def test_choice_between_two_models_at_its_edges(ours, baseline, ship_ours):
+    pick, reason = report.choose(dict(clean=ours[0], corrupted=ours[1]), dict(clean=baseline[0], corrupted=baseline[1]))
+    assert pick is ship_ours, reason
+
+
+def test_report_with_a_baseline_held_out_corruptions_and_examples(tmp_path):
+    kw = fake_run(tmp_path, 0.9)
+    kw["held_out"] = {k: 0.7 for k in report.HELD_OUT}
+    kw["baseline"] = dict(name="clean/best.pt (fast_cnn_s)", clean=0.902, corrupted={k: 0.5 for k in report.CORRUPTIONS},
+                          held_out={k: 0.6 for k in report.HELD_OUT})
+    kw["examples"] = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    path, summary = report.build_vs_buy(tmp_path, **kw)
+    text = path.read_text()
+    for section in ("## Ours vs the baseline: which model to ship", report.CHOICE_RULE, "**ship ours**",
+                    "baseline (clean/best.pt (fast_cnn_s))", "Held out:", "Mean 70.00%", "cifar10_corruptions.png",
+                    "std 15 levels", "JPEG quality 30", "motion blur, 5 px streak", "| -0.2 |", "**+30.0**", "**+10.0**"):
+        assert section in text, section
+    assert (tmp_path / "cifar10_corruptions.png").read_bytes()[:4] == b"\x89PNG"
+    assert summary[-2] == "vs baseline clean/best.pt (fast_cnn_s): -0.2 points clean, +30.0 under corruptions; ship ours"

@@ -2,13 +2,17 @@
 
 The batched ops act on a whole uint8 batch already on the training device (no per-image Python):
 random crop + flip = one gather from the split padded once by the loader, with a per-image offset
-and mirror; cutout = a per-image square zeroed after normalisation (zero is the training-set mean).
-Their random choices are drawn for a whole epoch at once (`draw`).
+and mirror; cutout = a per-image square zeroed after normalisation (zero is the training-set mean);
+corruptions (robustness training) = noise, blur, JPEG, brightness and contrast at random strengths,
+one kind per image, in pixel units before normalisation. Their random choices are drawn for a whole
+epoch at once (`draw`); the noise pixels come from a generator of (seed, epoch, batch), drawn for
+the whole global batch so that every rank slices the same values.
 """
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,7 @@ class Recipe:
     flip: float = 0.0
     cutout: int = 0
     albu: bool = False  # per-image albumentations pipeline through a DataLoader
+    corrupt: float = 0.0  # share of images given one random corruption (CORRUPTIONS)
 
 
 RECIPES = {
@@ -25,6 +30,9 @@ RECIPES = {
     "flip": Recipe("horizontal flip", flip=0.5),
     "crop_flip": Recipe("random crop (pad 4) + horizontal flip, batched on the device", pad=4, flip=0.5),
     "crop_flip_cutout": Recipe("crop_flip + one 12x12 cutout square per image", pad=4, flip=0.5, cutout=12),
+    "crop_flip_robust": Recipe("crop_flip + one random corruption on half the images (Gaussian noise, blur, JPEG, "
+                               "brightness, contrast at random strengths; for degraded inputs), batched on the "
+                               "device", pad=4, flip=0.5, corrupt=0.5),
     "albu": Recipe("albumentations per image: shift/scale/rotate, flip, colour jitter, coarse dropout", albu=True),
 }
 
@@ -44,15 +52,20 @@ def generator(seed, epoch, batch=-1):
 
 def draw(r, n, gen, size=32):
     """Every random choice of an epoch at once, one row per image: crop offset (dy, dx), mirror,
-    cutout centre (cy, cx). Drawn on the CPU from (seed, epoch) and copied to the device once per
-    epoch, so a step never waits on a host-to-device copy, and any rank or resume can re-draw them."""
-    p = torch.zeros(n, 5, dtype=torch.int64)
+    cutout centre (cy, cx), corruption kind (0 none, else 1 + its index in CORRUPTIONS) and strength
+    (0..STEPS). Drawn on the CPU from (seed, epoch) and copied to the device once per epoch, so a step
+    never waits on a host-to-device copy, and any rank or resume can re-draw them."""
+    p = torch.zeros(n, 7, dtype=torch.int64)
     if r.pad:
         p[:, :2] = torch.randint(0, 2 * r.pad + 1, (n, 2), generator=gen)
     if r.flip:
         p[:, 2] = torch.rand(n, generator=gen) < r.flip
     if r.cutout:
-        p[:, 3:] = torch.randint(0, size, (n, 2), generator=gen)
+        p[:, 3:5] = torch.randint(0, size, (n, 2), generator=gen)
+    if r.corrupt:
+        hit = torch.rand(n, generator=gen) < r.corrupt
+        p[:, 5] = torch.where(hit, torch.randint(1, len(CORRUPTIONS) + 1, (n,), generator=gen), 0)
+        p[:, 6] = torch.randint(0, STEPS + 1, (n,), generator=gen)
     return p
 
 
@@ -83,6 +96,64 @@ def batch_augment(x, r, p, size=32):
     """Crop and flip a uint8 batch that the loader padded by r.pad, with its rows `p` of draw()."""
     if r.pad or r.flip:
         return crop_flip(x, size, p[:, 0], p[:, 1], p[:, 2])
+    return x
+
+
+# --- corruptions for robustness training ------------------------------------------------------
+# Each maps a strength u in [0, 1] to its parameter in plain units (pixel levels of 0..255, pixels,
+# JPEG quality). The ranges cover the build-vs-buy report's fixed severities (noise std 15 levels,
+# blur sigma 1 px, brightness +64 levels, contrast x0.6, JPEG quality 30) from mild to past them.
+STEPS = 1000  # strengths are drawn as integers 0..STEPS (the plan tensor is int64)
+CORRUPTIONS = {
+    "noise": lambda u: 25 * u,  # Gaussian noise, std in pixel levels
+    "blur": lambda u: 0.4 + 1.2 * u,  # Gaussian blur, sigma in pixels
+    "jpeg": lambda u: 90 - 70 * u,  # JPEG quality (rounded to tens, one encoder call per quality)
+    "brightness": lambda u: 140 * u - 70,  # pixel levels added
+    "contrast": lambda u: 1 - 0.55 * u,  # every pixel value multiplied by this
+}
+
+
+def gaussian_blur(x, sigma, radius=3):
+    """Blur each image of a float NCHW batch with its own sigma (pixels): a separable Gaussian as two
+    grouped convolutions (torchvision's gaussian_blur takes one sigma per call)."""
+    n, c, h, w = x.shape
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t[None] / sigma[:, None].to(x.dtype)) ** 2)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)
+    y = F.pad(x.reshape(1, n * c, h, w), (radius,) * 4, mode="reflect")
+    y = F.conv2d(F.conv2d(y, k[:, None, None, :], groups=n * c), k[:, None, :, None], groups=n * c)
+    return y.view(n, c, h, w)
+
+
+def corrupt(x, kind, strength, noise):
+    """Corrupt a uint8 NCHW batch as `draw` chose (kind 0 = leave the image alone); returns float pixel
+    levels in [0, 255]. `noise`: standard normal values of x's shape, for the images that get noise."""
+    from torchvision.transforms.v2.functional import jpeg
+
+    x = x.float()
+    u = strength.to(x.dtype) / STEPS
+    names = list(CORRUPTIONS)
+    for k, name in enumerate(names, 1):
+        rows = (kind == k).nonzero().squeeze(1)
+        if not len(rows):
+            continue
+        a, v = x[rows], CORRUPTIONS[name](u[rows])
+        if name == "noise":
+            a = a + v.view(-1, 1, 1, 1) * noise[rows]
+        elif name == "blur":
+            a = gaussian_blur(a, v)
+        elif name == "jpeg":
+            q = (v / 10).round() * 10
+            a8 = a.round().clamp(0, 255).to(torch.uint8)
+            for quality in q.unique().tolist():
+                same = q == quality
+                a8[same] = jpeg(a8[same], int(quality))
+            a = a8.float()
+        elif name == "brightness":
+            a = a + v.view(-1, 1, 1, 1)
+        else:
+            a = a * v.view(-1, 1, 1, 1)
+        x[rows] = a.clamp(0, 255)
     return x
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import RECIPES, albu_pipeline, batch_augment, cutout, draw, generator
+from .augment import RECIPES, albu_pipeline, batch_augment, corrupt, cutout, draw, generator
 
 
 def channel_stats(images):
@@ -70,6 +70,10 @@ class DeviceLoader:
         n = len(self.y)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def noise_generator(self, epoch, batch):
+        """A generator on the data's device, seeded from (seed, epoch, batch) like every other draw."""
+        return torch.Generator(self.x.device).manual_seed(generator(self.seed, epoch, batch).initial_seed())
+
     def __iter__(self):
         return self.batches(0)
 
@@ -84,7 +88,12 @@ class DeviceLoader:
             p = plan[part][mine]
             idx = p[:, 0]
             p = p[:, 1:]
-            x = self.normalize(batch_augment(self.x[idx], self.recipe, p, self.size))
+            x = batch_augment(self.x[idx], self.recipe, p, self.size)
+            if self.recipe.corrupt:
+                shape = (part.stop - part.start, *x.shape[1:])
+                noise = torch.randn(shape, generator=self.noise_generator(epoch, i), device=x.device)[mine]
+                x = corrupt(x, p[:, 5], p[:, 6], noise)
+            x = self.normalize(x)
             if self.recipe.cutout:
                 x = cutout(x, self.recipe.cutout, p[:, 3], p[:, 4])
             yield self.normalize.resize(x), self.y[idx]

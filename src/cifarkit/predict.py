@@ -110,6 +110,7 @@ def run(args):
     first = ckpts[0]
     if args.report and (len(ckpts) > 1 or first["dataset"] != "cifar10"):
         raise UserError("--report compares with CIFAR-10 figures: give it one cifar10 checkpoint")
+    baseline = _baseline(args, first)
     if args.split == "val" and (args.report or args.submit):
         raise UserError("--split val scores the validation split; --report and --submit need the test split")
     device = runtime.pick_device(args.device)
@@ -153,7 +154,7 @@ def run(args):
         def predict_images(x):
             return probabilities(first, model, x, device, amp, args.tta).argmax(1).cpu().numpy()
 
-        write_report(args, paths[0], first, model, predict_images, images, labels, split_dir, device)
+        write_report(args, paths[0], first, model, predict_images, images, labels, split_dir, device, baseline)
     if args.submit:
         from . import kaggle
 
@@ -171,15 +172,44 @@ def _record(paths, part, acc, args):
         record_score(paths[0].parent, part, acc, checkpoint=paths[0].name, tta=args.tta)
 
 
-def write_report(args, path, ckpt, model, predict_images, images, preds, split_dir, device):
-    """The CIFAR-10 build-vs-buy report: accuracy with its uncertainty, cost, robustness, a rule-made verdict."""
+def _baseline(args, first):
+    """--baseline: a second checkpoint for the report to compare with, checked before any work."""
+    if not getattr(args, "baseline", None):
+        return None
+    if not args.report:
+        raise UserError("--baseline is a model for the report to compare with: add --report")
+    ckpt = checkpoint.load(Path(args.baseline))
+    if ckpt["dataset"] != first["dataset"] or ckpt["classes"] != first["classes"]:
+        raise UserError(f"--baseline {args.baseline} was trained on {ckpt['dataset']}, not with this model's classes")
+    return ckpt
+
+
+def write_report(args, path, ckpt, model, predict_images, images, preds, split_dir, device, baseline=None):
+    """The CIFAR-10 build-vs-buy report: accuracy with its uncertainty, cost, robustness (and a baseline's
+    beside ours, with the rule that chooses between them), a rule-made verdict."""
     from . import report
 
     truth = _solution(split_dir / "solution.csv", len(preds))
-    corrupted = {}
-    for name in report.CORRUPTIONS:
-        print(f"robustness: {name} ...", flush=True)
-        corrupted[name] = float(np.mean(predict_images(report.corrupt(images, name)) == truth))
+
+    def degraded(predict_fn, names, who):
+        out = {}
+        for name in names:
+            print(f"robustness ({who}): {name} ...", flush=True)
+            out[name] = float(np.mean(predict_fn(report.corrupt(images, name)) == truth))
+        return out
+
+    corrupted, held_out = degraded(predict_images, report.CORRUPTIONS, "ours"), degraded(predict_images, report.HELD_OUT, "ours")
+    compared = None
+    if baseline is not None:
+        b_model, b_amp = load_model(baseline, device), models.amp_dtype(baseline["model"], device, args.amp)
+
+        def baseline_images(x):
+            return probabilities(baseline, b_model, x, device, b_amp, args.tta).argmax(1).cpu().numpy()
+
+        compared = dict(name=f"{Path(args.baseline).parent.name}/{Path(args.baseline).name} ({baseline['model']})",
+                        clean=float(np.mean(baseline_images(images) == truth)),
+                        corrupted=degraded(baseline_images, report.CORRUPTIONS, "baseline"),
+                        held_out=degraded(baseline_images, report.HELD_OUT, "baseline"))
     speed = report.throughput(predict_images, images)
     log_path = path.parent / "log.csv"
     if not log_path.is_file():
@@ -188,9 +218,16 @@ def write_report(args, path, ckpt, model, predict_images, images, preds, split_d
                size_bytes=path.stat().st_size, device=ckpt.get("device", "unknown"), log=pd.read_csv(log_path))
     timing = dict(images_per_s=speed, device=runtime.device_name(device), batch=BATCH, tta=args.tta)
     out, summary = report.build_vs_buy(args.report_dir, labels=truth, preds=preds, classes=ckpt["classes"],
-                                       corrupted=corrupted, run=run, timing=timing)
+                                       corrupted=corrupted, run=run, timing=timing, held_out=held_out,
+                                       baseline=compared, examples=_examples(images, truth))
     print("\n".join(summary))
     print(f"wrote {out} and its figures")
+
+
+def _examples(images, truth, count=3):
+    """The first test images of the first classes, one each: the report shows them under every corruption."""
+    picks = [int(np.flatnonzero(truth == c)[0]) for c in range(count) if (truth == c).any()]
+    return images[picks]
 
 
 def _solution(path, rows):

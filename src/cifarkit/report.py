@@ -24,14 +24,24 @@ ALPHA = 0.05  # significance level of the one-sided test against the vendor's cl
 MARGIN = 0.10  # a lead over the vendor below this is too thin to build on without checking the vendor
 ROBUST_FLOOR = 0.70  # mean accuracy under corruptions below this means the model is fragile
 
-# Corruptions at moderate severity, fixed parameters so the report regenerates exactly.
+# Corruptions at moderate severity, in plain units (pixel levels of 0..255, pixels, JPEG quality), with
+# fixed parameters so the report regenerates exactly. CORRUPTIONS are the kinds that --aug
+# crop_flip_robust trains with (at random strengths, through its own batched code, not this one);
+# HELD_OUT are kinds no recipe of ours trains with: they show whether robustness carries over.
 CORRUPTIONS = {
-    "Gaussian noise (std 0.06)": lambda A: A.GaussNoise(std_range=(0.06, 0.06), p=1.0),
-    "Gaussian blur (sigma 1.0)": lambda A: A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(1.0, 1.0), p=1.0),
-    "brightness +0.25": lambda A: A.RandomBrightnessContrast(brightness_limit=(0.25, 0.25), contrast_limit=(0, 0), p=1.0),
-    "contrast -0.4": lambda A: A.RandomBrightnessContrast(brightness_limit=(0, 0), contrast_limit=(-0.4, -0.4), p=1.0),
+    "Gaussian noise, std 15 levels": lambda A: A.GaussNoise(std_range=(0.06, 0.06), p=1.0),
+    "Gaussian blur, sigma 1 px": lambda A: A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(1.0, 1.0), p=1.0),
+    "brightness +64 levels": lambda A: A.RandomBrightnessContrast(brightness_limit=(0.25, 0.25), contrast_limit=(0, 0), p=1.0),
+    "contrast: values x0.6": lambda A: A.RandomBrightnessContrast(brightness_limit=(0, 0), contrast_limit=(-0.4, -0.4), p=1.0),
     "JPEG quality 30": lambda A: A.ImageCompression(quality_range=(30, 30), p=1.0),
 }
+HELD_OUT = {
+    "shot noise, std ~18 levels at mid-grey": lambda A: A.ShotNoise(scale_range=(0.02, 0.02), p=1.0),
+    "motion blur, 5 px streak": lambda A: A.MotionBlur(blur_limit=(5, 5), p=1.0),
+    "pixelate, 16 px and back": lambda A: A.Downscale(scale_range=(0.5, 0.5), p=1.0),
+    "gamma 1.5 (darker mid-tones)": lambda A: A.RandomGamma(gamma_limit=(150, 150), p=1.0),
+}
+CLEAN_COST = 0.005  # the most clean accuracy (0.5 points) a more robust model may give up and still be chosen
 
 
 def _percent(axis):
@@ -95,8 +105,8 @@ def recommend(accuracy, pvalue, corrupted_mean, vendor=VENDOR[1]):
                        f"{MARGIN * 100:.0f} points: check the vendor's model on this same test set first")
     if corrupted_mean < ROBUST_FLOOR:
         return Verdict("BUILD WITH CAVEATS", f"we lead by {(accuracy - vendor) * 100:.1f} points, but mean accuracy "
-                       f"under corruptions is {corrupted_mean:.1%} (< {ROBUST_FLOOR:.0%}): make it robust (e.g. train with "
-                       f"noise and blur augmentation) before relying on it for degraded images")
+                       f"under corruptions is {corrupted_mean:.1%} (< {ROBUST_FLOOR:.0%}): make it robust (train.py --aug "
+                       f"crop_flip_robust) before relying on it for degraded images")
     return Verdict("BUILD", f"we beat {vendor:.0%} significantly and by {(accuracy - vendor) * 100:.1f} points, "
                             f"and stay at {corrupted_mean:.1%} on average under corruptions")
 
@@ -175,11 +185,54 @@ def plot_comparison(accuracy, low, high, corrupted, path):
 # --- robustness and speed -----------------------------------------------------------------------
 
 def corrupt(images, name, seed=0):
-    """Apply one corruption to uint8 NHWC images, deterministically."""
+    """Apply one corruption (of CORRUPTIONS or HELD_OUT) to uint8 NHWC images, deterministically."""
     import albumentations as A
 
-    t = A.Compose([CORRUPTIONS[name](A)], seed=seed)
+    t = A.Compose([{**CORRUPTIONS, **HELD_OUT}[name](A)], seed=seed)
     return np.stack([t(image=img)["image"] for img in images])
+
+
+def plot_examples(images, path):
+    """What each corruption looks like: a few test images, clean and under every corruption."""
+    names = ["clean", *CORRUPTIONS, *HELD_OUT]
+    rows = [images] + [corrupt(images, n) for n in names[1:]]
+    fig, axes = plt.subplots(len(images), len(names), figsize=(1.25 * len(names), 1.35 * len(images) + 0.6),
+                             squeeze=False)
+    for j, (name, batch) in enumerate(zip(names, rows)):
+        for i, img in enumerate(batch):
+            ax = axes[i, j]
+            ax.imshow(img, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                held = " (held out)" if name in HELD_OUT else ""
+                ax.set_title(name.replace(", ", ",\n").replace(": ", ":\n") + held, fontsize=6)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def choose(ours, baseline):
+    """Which of two models to ship, by the written rule (CHOICE_RULE); each a dict with 'clean' and
+    'corrupted' (mean over CORRUPTIONS) accuracy. Returns (ship ours?, reason)."""
+    def wins(a, b):  # a is at least as robust and gives up at most CLEAN_COST of clean accuracy
+        return a["corrupted"] >= b["corrupted"] and a["clean"] >= b["clean"] - CLEAN_COST - 1e-12
+
+    cost = (ours["clean"] - baseline["clean"]) * 100
+    gain = (ours["corrupted"] - baseline["corrupted"]) * 100
+    said = f"{gain:+.1f} points under corruptions, {cost:+.1f} clean"
+    if wins(ours, baseline):
+        return True, f"it is at least as robust ({said}) and loses at most {CLEAN_COST * 100:.1f} clean points"
+    if wins(baseline, ours):
+        return False, f"the baseline is at least as robust ({said} for ours) and as accurate on clean images"
+    mix = [(m["clean"] + m["corrupted"]) / 2 for m in (ours, baseline)]
+    return mix[0] >= mix[1], (f"neither wins outright ({said}); on half-clean, half-degraded inputs ours scores "
+                              f"{mix[0]:.1%} vs the baseline's {mix[1]:.1%}")
+
+
+CHOICE_RULE = (f"1. A model that is at least as accurate under the corruptions (mean of the {len(CORRUPTIONS)}) and "
+               f"loses at most {CLEAN_COST * 100:.1f} points of clean accuracy is shipped.\n"
+               f"2. Otherwise the one with the higher average of clean and mean corrupted accuracy (inputs half "
+               f"clean, half degraded) is shipped.")
 
 
 def throughput(predict_fn, images, repeats=3):
@@ -206,9 +259,37 @@ def _table(rows, header):
     return "\n".join(out)
 
 
-def build_vs_buy(out_dir, *, labels, preds, classes, corrupted, run, timing, prefix="cifar10"):
-    """Write `<prefix>_build_vs_buy.md` and its figures into out_dir; return (path, summary lines)."""
+def _robustness(acc, corrupted, held_out, baseline):
+    """The robustness tables: each corruption for our model (and the baseline's beside it)."""
+    header = ["corruption", "accuracy", "change vs clean (points)"]
+    if baseline:
+        header += [f"baseline ({baseline['name']})", "ours vs baseline (points)"]
+
+    def rows(ours, theirs):
+        out = []
+        for k, v in ours.items():
+            row = [k, f"{v:.2%}", f"{(v - acc) * 100:+.1f}"]
+            if baseline:
+                row += [f"{theirs[k]:.2%}", f"**{(v - theirs[k]) * 100:+.1f}**"]
+            out.append(row)
+        return out
+
+    clean = [["none (clean)", f"{acc:.2%}", ""] + ([f"{baseline['clean']:.2%}", f"{(acc - baseline['clean']) * 100:+.1f}"]
+                                                   if baseline else [])]
+    main = _table(clean + rows(corrupted, baseline and baseline["corrupted"]), header)
+    held = _table(rows(held_out, baseline and baseline["held_out"]), header) if held_out else ""
+    return main, held
+
+
+def build_vs_buy(out_dir, *, labels, preds, classes, corrupted, run, timing, prefix="cifar10", held_out=None,
+                 baseline=None, examples=None):
+    """Write `<prefix>_build_vs_buy.md` and its figures into out_dir; return (path, summary lines).
+
+    `held_out`: accuracy under HELD_OUT corruptions; `baseline`: another model's figures (name, clean,
+    corrupted, held_out) to compare with and choose by CHOICE_RULE; `examples`: a few uint8 test images
+    to show under every corruption."""
     out_dir = Path(out_dir)
+    held_out = held_out or {}
     n, correct = len(labels), int((labels == preds).sum())
     acc = correct / n
     low, high = wilson_interval(correct, n)
@@ -224,6 +305,14 @@ def build_vs_buy(out_dir, *, labels, preds, classes, corrupted, run, timing, pre
     plot_confusion(matrix, classes, out_dir / figs["confusion"])
     plot_per_class(per_class, classes, acc, out_dir / figs["per_class"])
     plot_curves(run["log"], out_dir / figs["curves"], f"{run['model']} training run")
+    if examples is not None:
+        figs["examples"] = f"{prefix}_corruptions.png"
+        plot_examples(examples, out_dir / figs["examples"])
+    held_mean = float(np.mean(list(held_out.values()))) if held_out else None
+    choice = None
+    if baseline:
+        mean = dict(clean=acc, corrupted=corrupted_mean)
+        choice = choose(mean, dict(clean=baseline["clean"], corrupted=float(np.mean(list(baseline["corrupted"].values())))))
 
     weak = ", ".join(f"{classes[i]} ({per_class[i]:.1%})" for i in weakest)
     worst = min(corrupted, key=corrupted.get)
@@ -234,7 +323,10 @@ def build_vs_buy(out_dir, *, labels, preds, classes, corrupted, run, timing, pre
         [f"vs {VENDOR[0]} {VENDOR[1]:.0%}", f"{(acc - VENDOR[1]) * 100:+.1f} points, {sig} better "
                                              f"(exact one-sided binomial test, {fmt_p(p)})"],
         *[[f"vs {name} {v:.1%}", f"{(acc - v) * 100:+.1f} points"] for name, v in SOTA],
-        ["Mean accuracy under 5 corruptions", f"{corrupted_mean:.2%}"],
+        [f"Mean accuracy under {len(corrupted)} corruptions", f"{corrupted_mean:.2%}"],
+        *([[f"... under {len(held_out)} held-out corruptions", f"{held_mean:.2%}"]] if held_out else []),
+        *([[f"vs baseline {baseline['name']}", f"{(acc - baseline['clean']) * 100:+.1f} points clean; ship "
+            f"{'ours' if choice[0] else 'the baseline'}"]] if baseline else []),
         ["Recommendation", f"**{verdict.decision}**"],
     ], ["", "CIFAR-10 test set"])
     log = run["log"]
@@ -245,9 +337,38 @@ def build_vs_buy(out_dir, *, labels, preds, classes, corrupted, run, timing, pre
                      f"{'the CPU' if run['device'] == 'cpu' else run['device']} (from the run's log)"],
         ["Best validation accuracy", f"{log['val_acc'].max():.2%} (epoch {int(log.loc[log['val_acc'].idxmax(), 'epoch'])})"],
     ], ["", "our model"])
-    robust = _table([["none (clean)", f"{acc:.2%}", ""]] +
-                    [[k, f"{v:.2%}", f"{(v - acc) * 100:+.1f}"] for k, v in corrupted.items()],
-                    ["corruption", "accuracy", "change (points)"])
+    robust, held_table = _robustness(acc, corrupted, held_out, baseline)
+    example_fig = (f"\n![One image per corruption: what each severity looks like]({figs['examples']})\n"
+                   if "examples" in figs else "")
+    held_text = (f"""
+Held out: degradations that no cifarkit training recipe uses (`--aug crop_flip_robust` trains with noise, blur, JPEG,
+brightness and contrast only), so they show whether robustness carries over to kinds never seen in training.
+Mean {held_mean:.2%}.
+
+{held_table}
+""" if held_out else "")
+    choice_text = ""
+    if baseline:
+        b_mean = float(np.mean(list(baseline["corrupted"].values())))
+        rows = [["clean test accuracy", f"{acc:.2%}", f"{baseline['clean']:.2%}", f"{(acc - baseline['clean']) * 100:+.1f}"],
+                [f"mean under {len(corrupted)} corruptions", f"{corrupted_mean:.2%}", f"{b_mean:.2%}",
+                 f"{(corrupted_mean - b_mean) * 100:+.1f}"]]
+        if held_out:
+            bh = float(np.mean(list(baseline["held_out"].values())))
+            rows.append([f"mean under {len(held_out)} held-out corruptions", f"{held_mean:.2%}", f"{bh:.2%}",
+                         f"{(held_mean - bh) * 100:+.1f}"])
+        choice_text = f"""
+## Ours vs the baseline: which model to ship
+
+{_table(rows, ["", f"ours ({run['model']})", f"baseline ({baseline['name']})", "ours minus baseline (points)"])}
+
+The rule:
+
+{CHOICE_RULE}
+
+Outcome: **ship {'ours' if choice[0] else 'the baseline'}**, because {choice[1]}. The build-or-buy verdict above is
+about our model; where the rule ships the baseline, read the baseline's own report for its verdict.
+"""
     per_cls = _table([[classes[i], f"{per_class[i]:.1%}", int(matrix[i].sum()),
                        classes[int(np.argsort(matrix[i])[-2])] if matrix[i].sum() else ""]
                       for i in range(len(classes))], ["class", "accuracy", "test images", "most confused with"])
@@ -271,15 +392,15 @@ def build_vs_buy(out_dir, *, labels, preds, classes, corrupted, run, timing, pre
   We are {(SOTA[0][1] - acc) * 100:.1f} and {gap * 100:.1f} points below them. Those networks are built for
   large accelerators and pre-trained on far larger data; they are a ceiling, not a product on offer.
 - Weakest classes: {weak}.
-- Degraded images: trained on clean images only, the model loses the most under {worst}, where it scores
-  {corrupted[worst]:.1%}. We do not know how the vendor's model behaves there: ask them for the same test.
+- Degraded images: the model loses the most under {worst}, where it scores {corrupted[worst]:.1%}. We do not
+  know how the vendor's model behaves there: ask them for the same test.
 
 ## The rule behind the recommendation
 
 {RULE}
 
 Outcome here: {verdict.decision}, because {verdict.reason}.
-
+{choice_text}
 ## Cost
 
 {cost}
@@ -287,10 +408,10 @@ Outcome here: {verdict.decision}, because {verdict.reason}.
 ## Robustness
 
 Accuracy when the test images are degraded (each corruption applied to all {n:,} images at a fixed, moderate
-severity):
+severity, stated in plain units: pixel levels of 0-255, pixels, JPEG quality):
 
 {robust}
-
+{held_text}{example_fig}
 ## Accuracy per class
 
 ![Per-class accuracy]({figs['per_class']})
@@ -319,4 +440,8 @@ loss is label-smoothed; validation accuracy levelling off shows where more epoch
                f"weakest classes: {weak}; mean accuracy under corruptions {corrupted_mean:.2%}",
                f"inference {timing['images_per_s']:,.0f} images/s on {timing['device']}",
                f"recommendation: {verdict.decision}"]
+    if baseline:
+        summary.insert(-1, f"vs baseline {baseline['name']}: {(acc - baseline['clean']) * 100:+.1f} points clean, "
+                           f"{(corrupted_mean - float(np.mean(list(baseline['corrupted'].values())))) * 100:+.1f} "
+                           f"under corruptions; ship {'ours' if choice[0] else 'the baseline'}")
     return path, summary
