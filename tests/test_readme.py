@@ -28,7 +28,10 @@ The split
   test_split.py::test_counts_hidden_labels_and_files
 - "A source with too few images per class is refused with the numbers" -> test_split.py::
   test_too_few_images_per_class_names_the_numbers
-- "rebuilds it when asked for other per-class numbers or another seed" -> test_split.py::test_ensure_reuses_or_rebuilds
+- "rebuilds it when asked for other per-class numbers or another split seed" -> test_split.py::
+  test_ensure_reuses_or_rebuilds
+- "`train.py --seed` is the training seed ... and leaves the split alone" -> test_competition.py::
+  test_seeds_share_one_split_and_split_seed_changes_it
 - "Every read of the split checks the arrays against the manifest's sha256" -> test_split.py::
   test_damaged_split_is_detected
 Training
@@ -39,6 +42,8 @@ Training
 - "`albu`, an albumentations per-image pipeline ... run in `--workers` DataLoader workers" -> test_augment.py::
   test_albumentations_stream_depends_on_seed_epoch_and_worker, test_train_predict.py::
   test_albumentations_in_workers_trains_the_same_run_twice
+- "`--aug crop_flip_robust`": its corruptions, their plain-unit ranges, and batches re-made from (seed, epoch, batch)
+  under resume and torchrun -> test_robust.py
 - "What it writes" (the run folder's files) -> test_train_predict.py::test_train_writes_the_run_folder
 - "`deep_cnn` ..., `branch_mix_net` ..., and `resnet18_cifar`" (their designs and parameter counts) ->
   test_scratch_models.py::test_new_models_classify_32px, test_branch_mix_weights_come_from_the_input,
@@ -68,7 +73,11 @@ The CIFAR-10 build-vs-buy report
   test_report_states_our_interval_test_and_rule_for_a_known_count, test_recommendation_rule_at_its_edges,
   test_report_sections_figures_and_regeneration
 - "the weakest classes named" -> test_report.py::test_weakest_classes_named
-- "five corruptions at fixed moderate severity" -> test_report.py::test_corruptions_are_deterministic_and_change_images
+- the corruptions and the held-out ones, each deterministic -> test_report.py::
+  test_corruptions_are_deterministic_and_change_images
+- "With `--baseline CHECKPOINT`", the held-out table, the picture of each corruption, and the rule that chooses ->
+  test_report.py::test_report_with_a_baseline_held_out_corruptions_and_examples,
+  test_choice_between_two_models_at_its_edges, test_predict_report_with_a_baseline
 - "regenerates byte for byte from the same checkpoint and data" -> test_report.py::
   test_report_sections_figures_and_regeneration
 Interrupted runs

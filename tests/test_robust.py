@@ -67,10 +67,10 @@ def test_jpeg_is_torchvisions_encoder_at_the_stated_quality():
     assert not torch.equal(apply(x, "jpeg", 0.0), apply(x, "jpeg", 1.0))
 
 
-def test_robust_recipe_corrupts_about_half_the_images_with_every_kind():
+def test_robust_recipe_corrupts_three_images_in_ten_with_every_kind():
     p = draw(RECIPES["crop_flip_robust"], 4000, torch.Generator().manual_seed(0))
     kinds = np.bincount(p[:, 5].numpy(), minlength=len(CORRUPTIONS) + 1)
-    assert 0.47 < kinds[0] / 4000 < 0.53 and (kinds[1:] > 300).all()
+    assert 0.67 < kinds[0] / 4000 < 0.73 and (kinds[1:] > 180).all()
     assert 0 <= p[:, 6].min() and p[:, 6].max() <= STEPS
 
 

@@ -30,9 +30,9 @@ RECIPES = {
     "flip": Recipe("horizontal flip", flip=0.5),
     "crop_flip": Recipe("random crop (pad 4) + horizontal flip, batched on the device", pad=4, flip=0.5),
     "crop_flip_cutout": Recipe("crop_flip + one 12x12 cutout square per image", pad=4, flip=0.5, cutout=12),
-    "crop_flip_robust": Recipe("crop_flip + one random corruption on half the images (Gaussian noise, blur, JPEG, "
+    "crop_flip_robust": Recipe("crop_flip + one random corruption on 30% of the images (Gaussian noise, blur, JPEG, "
                                "brightness, contrast at random strengths; for degraded inputs), batched on the "
-                               "device", pad=4, flip=0.5, corrupt=0.5),
+                               "device", pad=4, flip=0.5, corrupt=0.3),
     "albu": Recipe("albumentations per image: shift/scale/rotate, flip, colour jitter, coarse dropout", albu=True),
 }
 

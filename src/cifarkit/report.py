@@ -205,8 +205,8 @@ def plot_examples(images, path):
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                held = " (held out)" if name in HELD_OUT else ""
-                ax.set_title(name.replace(", ", ",\n").replace(": ", ":\n") + held, fontsize=6)
+                title = name.replace(", ", ",\n").replace(": ", ":\n").replace(" (", "\n(")
+                ax.set_title(title + ("\n[held out]" if name in HELD_OUT else ""), fontsize=6)
     fig.tight_layout()
     _save(fig, path)
 
@@ -309,10 +309,10 @@ def build_vs_buy(out_dir, *, labels, preds, classes, corrupted, run, timing, pre
         figs["examples"] = f"{prefix}_corruptions.png"
         plot_examples(examples, out_dir / figs["examples"])
     held_mean = float(np.mean(list(held_out.values()))) if held_out else None
-    choice = None
+    choice = b_mean = None
     if baseline:
-        mean = dict(clean=acc, corrupted=corrupted_mean)
-        choice = choose(mean, dict(clean=baseline["clean"], corrupted=float(np.mean(list(baseline["corrupted"].values())))))
+        b_mean = float(np.mean(list(baseline["corrupted"].values())))
+        choice = choose(dict(clean=acc, corrupted=corrupted_mean), dict(clean=baseline["clean"], corrupted=b_mean))
 
     weak = ", ".join(f"{classes[i]} ({per_class[i]:.1%})" for i in weakest)
     worst = min(corrupted, key=corrupted.get)
@@ -349,7 +349,6 @@ Mean {held_mean:.2%}.
 """ if held_out else "")
     choice_text = ""
     if baseline:
-        b_mean = float(np.mean(list(baseline["corrupted"].values())))
         rows = [["clean test accuracy", f"{acc:.2%}", f"{baseline['clean']:.2%}", f"{(acc - baseline['clean']) * 100:+.1f}"],
                 [f"mean under {len(corrupted)} corruptions", f"{corrupted_mean:.2%}", f"{b_mean:.2%}",
                  f"{(corrupted_mean - b_mean) * 100:+.1f}"]]
@@ -442,6 +441,6 @@ loss is label-smoothed; validation accuracy levelling off shows where more epoch
                f"recommendation: {verdict.decision}"]
     if baseline:
         summary.insert(-1, f"vs baseline {baseline['name']}: {(acc - baseline['clean']) * 100:+.1f} points clean, "
-                           f"{(corrupted_mean - float(np.mean(list(baseline['corrupted'].values())))) * 100:+.1f} "
+                           f"{(corrupted_mean - b_mean) * 100:+.1f} "
                            f"under corruptions; ship {'ours' if choice[0] else 'the baseline'}")
     return path, summary
