@@ -167,7 +167,7 @@ def test_report_with_a_baseline_held_out_corruptions_and_examples(tmp_path):
     text = path.read_text()
     for section in ("## Ours vs the baseline: which model to ship", report.CHOICE_RULE, "**ship ours**",
                     "baseline (clean/best.pt (fast_cnn_s))", "Held out:", "Mean 70.00%", "cifar10_corruptions.png",
-                    "std 15 levels", "JPEG quality 30", "motion blur, 5 px streak", "| -0.2 |", "**+30.0**", "**+10.0**"):
+                    "std 15 levels", "JPEG quality 30", "motion blur, 5 px streak", "| -0.20 |", "**+30.0**", "**+10.0**"):
         assert section in text, section
     assert (tmp_path / "cifar10_corruptions.png").read_bytes()[:4] == b"\x89PNG"
-    assert summary[-2] == "vs baseline clean/best.pt (fast_cnn_s): -0.2 points clean, +30.0 under corruptions; ship ours"
+    assert summary[-2] == "vs baseline clean/best.pt (fast_cnn_s): -0.20 points clean, +30.0 under corruptions; ship ours"

@@ -219,7 +219,7 @@ def choose(ours, baseline):
 
     cost = (ours["clean"] - baseline["clean"]) * 100
     gain = (ours["corrupted"] - baseline["corrupted"]) * 100
-    said = f"{gain:+.1f} points under corruptions, {cost:+.1f} clean"
+    said = f"{gain:+.1f} points under corruptions, {cost:+.2f} clean"
     if wins(ours, baseline):
         return True, f"it is at least as robust ({said}) and loses at most {CLEAN_COST * 100:.1f} clean points"
     if wins(baseline, ours):
@@ -274,7 +274,7 @@ def _robustness(acc, corrupted, held_out, baseline):
             out.append(row)
         return out
 
-    clean = [["none (clean)", f"{acc:.2%}", ""] + ([f"{baseline['clean']:.2%}", f"{(acc - baseline['clean']) * 100:+.1f}"]
+    clean = [["none (clean)", f"{acc:.2%}", ""] + ([f"{baseline['clean']:.2%}", f"{(acc - baseline['clean']) * 100:+.2f}"]
                                                    if baseline else [])]
     main = _table(clean + rows(corrupted, baseline and baseline["corrupted"]), header)
     held = _table(rows(held_out, baseline and baseline["held_out"]), header) if held_out else ""
@@ -325,7 +325,7 @@ def build_vs_buy(out_dir, *, labels, preds, classes, corrupted, run, timing, pre
         *[[f"vs {name} {v:.1%}", f"{(acc - v) * 100:+.1f} points"] for name, v in SOTA],
         [f"Mean accuracy under {len(corrupted)} corruptions", f"{corrupted_mean:.2%}"],
         *([[f"... under {len(held_out)} held-out corruptions", f"{held_mean:.2%}"]] if held_out else []),
-        *([[f"vs baseline {baseline['name']}", f"{(acc - baseline['clean']) * 100:+.1f} points clean; ship "
+        *([[f"vs baseline {baseline['name']}", f"{(acc - baseline['clean']) * 100:+.2f} points clean; ship "
             f"{'ours' if choice[0] else 'the baseline'}"]] if baseline else []),
         ["Recommendation", f"**{verdict.decision}**"],
     ], ["", "CIFAR-10 test set"])
@@ -349,7 +349,7 @@ Mean {held_mean:.2%}.
 """ if held_out else "")
     choice_text = ""
     if baseline:
-        rows = [["clean test accuracy", f"{acc:.2%}", f"{baseline['clean']:.2%}", f"{(acc - baseline['clean']) * 100:+.1f}"],
+        rows = [["clean test accuracy", f"{acc:.2%}", f"{baseline['clean']:.2%}", f"{(acc - baseline['clean']) * 100:+.2f}"],
                 [f"mean under {len(corrupted)} corruptions", f"{corrupted_mean:.2%}", f"{b_mean:.2%}",
                  f"{(corrupted_mean - b_mean) * 100:+.1f}"]]
         if held_out:
@@ -440,7 +440,7 @@ loss is label-smoothed; validation accuracy levelling off shows where more epoch
                f"inference {timing['images_per_s']:,.0f} images/s on {timing['device']}",
                f"recommendation: {verdict.decision}"]
     if baseline:
-        summary.insert(-1, f"vs baseline {baseline['name']}: {(acc - baseline['clean']) * 100:+.1f} points clean, "
+        summary.insert(-1, f"vs baseline {baseline['name']}: {(acc - baseline['clean']) * 100:+.2f} points clean, "
                            f"{(corrupted_mean - b_mean) * 100:+.1f} "
                            f"under corruptions; ship {'ours' if choice[0] else 'the baseline'}")
     return path, summary
