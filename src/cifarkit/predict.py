@@ -180,7 +180,8 @@ def _baseline(args, first):
         raise UserError("--baseline is a model for the report to compare with: add --report")
     ckpt = checkpoint.load(Path(args.baseline))
     if ckpt["dataset"] != first["dataset"] or ckpt["classes"] != first["classes"]:
-        raise UserError(f"--baseline {args.baseline} was trained on {ckpt['dataset']}, not with this model's classes")
+        raise UserError(f"--baseline {args.baseline} is a {ckpt['dataset']} model with {len(ckpt['classes'])} classes: "
+                        f"the report compares two models of one data set and class list")
     return ckpt
 
 
