@@ -135,13 +135,19 @@ def test_predict_report_with_a_baseline(trained, predict_main, capsys, tmp_path)
     assert code == 2 and err.strip() == "error: --baseline is a model for the report to compare with: add --report"
 
 
-def test_report_refuses_cifar100(cifar100_dir, train_main, predict_main, capsys, tmp_path):
+def test_report_refuses_cifar100(cifar100_dir, trained, train_main, predict_main, capsys, tmp_path):
     code, _, err = run_cli(train_main, ["--model", "simple_cnn", "--data-dir", str(cifar100_dir),
                                         "--train-per-class", "4", "--val-per-class", "1", "--epochs", "1"], capsys)
     assert code == 0, err
     code, out, err = run_cli(predict_main, ["--report"], capsys)
     assert code == 2 and "--report compares with CIFAR-10" in err
     assert not (tmp_path / "submissions").exists(), "refused before writing anything"
+    other = str(next((tmp_path / "runs").glob("*/best.pt")))
+    code, _, err = run_cli(predict_main, ["--checkpoint", str(trained.run / "best.pt"), "--report", "--baseline", other],
+                           capsys)
+    assert code == 2 and err.strip().endswith("is a cifar100 model with 100 classes: the report compares two models "
+                                              "of one data set and class list")
+    assert not (tmp_path / "submissions").exists() and not (tmp_path / "reports").exists()
 
 
 @pytest.mark.parametrize("ours, baseline, ship_ours", [
