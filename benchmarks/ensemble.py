@@ -3,7 +3,7 @@
 
 Trains each member (MODEL:SEED) for the same budget on one split, scores every member and the blend of
 all of them on the val split and on the test split, and scores the test CSVs independently: against
-the labels in the official test pickle, not the split's solution.csv. With --pseudo-threshold, also
+the labels read from the official test file (cifarkit.read), not the split's solution.csv. With --pseudo-threshold, also
 compares at equal total time (2 budgets): the first member's model trained for 2 budgets, against the
 first member (1 budget) as the teacher of a run on train + its confident test labels (1 budget).
 
@@ -12,7 +12,6 @@ first member (1 budget) as the teacher of a run on train + its confident test la
 """
 
 import argparse
-import pickle
 import sys
 from pathlib import Path
 
@@ -22,21 +21,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import predict as predict_cli  # noqa: E402
 import train as train_cli  # noqa: E402
-from cifarkit import predict, runtime, split  # noqa: E402
+from cifarkit import predict, read, runtime, split  # noqa: E402
 from cifarkit.errors import UserError, cli  # noqa: E402
-from cifarkit.read import SOURCES  # noqa: E402
 from cifarkit.train import fit  # noqa: E402
-
-
-def official_test_labels(data_dir, dataset):
-    """The test labels straight from the official pickle, so no code of ours stands between CSV and truth."""
-    folder = Path(data_dir) / ("cifar-10-batches-py" if dataset == "cifar10" else "cifar-100-python")
-    name, key = ("test_batch", "labels") if dataset == "cifar10" else ("test", "fine_labels")
-    try:
-        with open(folder / name, "rb") as f:
-            return np.asarray(pickle.load(f, encoding="latin1")[key])
-    except (OSError, pickle.UnpicklingError, KeyError) as e:
-        raise UserError(f"cannot read the official test labels in {folder}/ ({type(e).__name__})") from None
 
 
 def train(a, name, model, seed, budget, *extra):
@@ -48,7 +35,7 @@ def train(a, name, model, seed, budget, *extra):
     return folder / "best.pt", log["train_seconds"].iloc[-1]
 
 
-def scores(a, name, checkpoints, truth):
+def scores(a, name, checkpoints, truth, val_truth):
     """(val accuracy, test accuracy scored from the written CSV) of one checkpoint or the blend of several."""
     common = ["--checkpoint", *map(str, checkpoints), *(["--tta", a.tta] if a.tta != "none" else [])]
     val_labels = predict.run(predict_cli.parser().parse_args([*common, "--split", "val"]))
@@ -57,14 +44,13 @@ def scores(a, name, checkpoints, truth):
     sub = pd.read_csv(csv).sort_values("id")
     if len(sub) != len(truth):
         raise UserError(f"{csv} has {len(sub)} rows, the official test set {len(truth)}")
-    val_truth = split.load(Path(a.output) / "split", ("val",))["val_labels"]
     return float(np.mean(val_labels == val_truth)), float(np.mean(sub["label"].to_numpy() == truth))
 
 
 @cli
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", choices=sorted(SOURCES), default="cifar10")
+    p.add_argument("--dataset", choices=sorted(read.SOURCES), default="cifar10", help="which CIFAR")
     p.add_argument("--data-dir", required=True, help="folder with the official cifar-10-batches-py/ or cifar-100-python/")
     p.add_argument("--members", nargs="+", default=["fast_cnn_s:1", "fast_cnn_s:2", "fast_cnn_s:3"],
                    metavar="MODEL:SEED", help="the ensemble's members: a model name and a training seed each")
@@ -83,23 +69,27 @@ def main():
         if not seed.lstrip("-").isdigit():
             raise UserError(f"member {m!r}: write MODEL:SEED, e.g. fast_cnn_s:1")
         specs.append((model, int(seed)))
-    truth = official_test_labels(a.data_dir, a.dataset)
+    truth = read.load(a.data_dir, a.dataset, download=False).test_y  # the official file, read and validated once
+    want = train_cli.parser().parse_args(["--dataset", a.dataset, *a.split])  # the split every run will share
+    split_dir = split.ensure(a.dataset, a.data_dir, Path(a.output) / "split", want.train_per_class,
+                             want.val_per_class, want.split_seed)
+    val_truth = split.load(split_dir, ("val",))["val_labels"]
 
     rows, ckpts = [], []
     for model, seed in specs:
         name = f"{model}-s{seed}"
         ckpt, secs = train(a, name, model, seed, a.time_budget)
         ckpts.append(ckpt)
-        rows.append((name, secs, *scores(a, name, [ckpt], truth)))
-    rows.append((f"blend of {len(ckpts)} (mean probabilities)", sum(r[1] for r in rows), *scores(a, "blend", ckpts, truth)))
+        rows.append((name, secs, *scores(a, name, [ckpt], truth, val_truth)))
+    rows.append((f"blend of {len(ckpts)} (mean probabilities)", sum(r[1] for r in rows), *scores(a, "blend", ckpts, truth, val_truth)))
     if a.pseudo_threshold is not None:
         model, seed = specs[0]
         long_ckpt, long_s = train(a, f"{model}-s{seed}-2x", model, seed, 2 * a.time_budget)
-        rows.append((f"{model}, 2 budgets", long_s, *scores(a, "long", [long_ckpt], truth)))
+        rows.append((f"{model}, 2 budgets", long_s, *scores(a, "long", [long_ckpt], truth, val_truth)))
         student, secs = train(a, f"{model}-s{seed}-pseudo", model, seed, a.time_budget,
                               "--pseudo-labels", str(ckpts[0]), "--pseudo-threshold", str(a.pseudo_threshold))
         rows.append((f"{model}, 1 budget + pseudo-labels from {model}-s{seed}", rows[0][1] + secs,
-                     *scores(a, "pseudo", [student], truth)))
+                     *scores(a, "pseudo", [student], truth, val_truth)))
 
     print(f"\n{a.dataset} ({' '.join(a.split) or 'standard split'}), {a.time_budget:g} s of training per member, "
           f"TTA {a.tta}, on {runtime.device_name(runtime.pick_device())}; test scored from each CSV against the "

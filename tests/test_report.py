@@ -130,7 +130,9 @@ def test_predict_report_with_a_baseline(trained, predict_main, capsys, tmp_path)
     assert code == 0, err
     text = (tmp_path / "reports" / "cifar10_build_vs_buy.md").read_text()
     assert "## Ours vs the baseline" in text and "**ship ours**" in text  # the same model: rule 1 both ways
-    assert "robustness (baseline): JPEG quality 30" in out and (tmp_path / "reports" / "cifar10_corruptions.png").exists()
+    assert "robustness: JPEG quality 30" in out and (tmp_path / "reports" / "cifar10_corruptions.png").exists()
+    jpeg = next(line for line in text.splitlines() if line.startswith("| JPEG quality 30 |")).split(" | ")
+    assert jpeg[1] == jpeg[3] and jpeg[4] == "**+0.0** |"  # the baseline measured on the same corrupted images
     code, _, err = run_cli(predict_main, ["--checkpoint", best, "--baseline", best], capsys)
     assert code == 2 and err.strip() == "error: --baseline is a model for the report to compare with: add --report"
 

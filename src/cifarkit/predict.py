@@ -192,14 +192,7 @@ def write_report(args, path, ckpt, model, predict_images, images, preds, split_d
 
     truth = _solution(split_dir / "solution.csv", len(preds))
 
-    def degraded(predict_fn, names, who):
-        out = {}
-        for name in names:
-            print(f"robustness ({who}): {name} ...", flush=True)
-            out[name] = float(np.mean(predict_fn(report.corrupt(images, name)) == truth))
-        return out
-
-    corrupted, held_out = degraded(predict_images, report.CORRUPTIONS, "ours"), degraded(predict_images, report.HELD_OUT, "ours")
+    predictors = {"ours": predict_images}
     compared = None
     if baseline is not None:
         b_model, b_amp = load_model(baseline, device), models.amp_dtype(baseline["model"], device, args.amp)
@@ -207,10 +200,22 @@ def write_report(args, path, ckpt, model, predict_images, images, preds, split_d
         def baseline_images(x):
             return probabilities(baseline, b_model, x, device, b_amp, args.tta).argmax(1).cpu().numpy()
 
+        predictors["baseline"] = baseline_images
+    acc = {who: {} for who in predictors}
+    for name in [*report.CORRUPTIONS, *report.HELD_OUT]:  # each corrupted set made once, for every model
+        print(f"robustness: {name} ...", flush=True)
+        degraded = report.corrupt(images, name)
+        for who, fn in predictors.items():
+            acc[who][name] = float(np.mean(fn(degraded) == truth))
+
+    def by_kind(who):
+        return ({k: acc[who][k] for k in report.CORRUPTIONS}, {k: acc[who][k] for k in report.HELD_OUT})
+
+    corrupted, held_out = by_kind("ours")
+    if baseline is not None:
+        b_corrupted, b_held = by_kind("baseline")
         compared = dict(name=f"{Path(args.baseline).parent.name}/{Path(args.baseline).name} ({baseline['model']})",
-                        clean=float(np.mean(baseline_images(images) == truth)),
-                        corrupted=degraded(baseline_images, report.CORRUPTIONS, "baseline"),
-                        held_out=degraded(baseline_images, report.HELD_OUT, "baseline"))
+                        clean=float(np.mean(baseline_images(images) == truth)), corrupted=b_corrupted, held_out=b_held)
     speed = report.throughput(predict_images, images)
     log_path = path.parent / "log.csv"
     if not log_path.is_file():
