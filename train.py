@@ -75,7 +75,7 @@ def parser():
     p.add_argument("--model-ema", dest="ema", action=argparse.BooleanOptionalAction, default=None,
                    help="evaluate and save an exponential moving average of the weights (default: the model's)")
     p.add_argument("--aug", choices=list(RECIPES), default=None,
-                   help="augmentation: " + "; ".join(f"{k}: {r.help}" for k, r in RECIPES.items())
+                   help="augmentation: " + "; ".join(f"{k}: {r.help}" for k, r in RECIPES.items()).replace("%", "%%")
                         + " (default: the model's, crop_flip for all of ours)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,

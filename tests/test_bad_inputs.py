@@ -133,3 +133,18 @@ def test_submission_check_cli(cifar10_dir, text, message, capsys):
     Path("sub.csv").write_text(good)
     code, out, err = run_cli(submission.main, ["check", "sub.csv", "--dataset", "cifar10"], capsys)
     assert code == 0 and "valid (40 rows, 10 classes)" in out
+
+
+@pytest.mark.parametrize("script", ["train.py", "predict.py", "-m cifarkit.runs", *sorted(
+    f"benchmarks/{p.name}" for p in (Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py"))])
+def test_every_cli_help_renders(script):
+    """--help is a user's first step: a '%' in a help text (argparse formats them) once turned it into a traceback."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, *script.split(), "--help"], cwd=root, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(root / "src")})
+    assert r.returncode == 0, r.stderr[-500:]
+    assert "usage:" in r.stdout and "Traceback" not in r.stderr
+    assert "(default: None)" not in r.stdout and "(default: False)" not in r.stdout
