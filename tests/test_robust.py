@@ -37,7 +37,7 @@ def test_every_corruption_keeps_shape_dtype_and_range(name, u):
 def test_kind_zero_leaves_images_alone_and_only_the_chosen_rows_change():
     x = images()
     kind = torch.tensor([0, 1, 0, 2, 0, 3, 4, 5])
-    out = corrupt(x, kind, torch.full((8,), STEPS), torch.randn(x.shape))
+    out = corrupt(x, kind, torch.full((8,), STEPS), torch.randn(1, 3, 32, 32))  # noise for its one image
     same = (out == x.float()).flatten(1).all(1)
     assert same.tolist() == [True, False, True, False, True, False, False, False]
 

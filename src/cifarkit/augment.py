@@ -111,6 +111,7 @@ CORRUPTIONS = {
     "brightness": lambda u: 140 * u - 70,  # pixel levels added
     "contrast": lambda u: 1 - 0.55 * u,  # every pixel value multiplied by this
 }
+NOISE = 1 + list(CORRUPTIONS).index("noise")  # its kind in draw()'s plan
 
 
 def gaussian_blur(x, sigma, radius=3):
@@ -127,7 +128,8 @@ def gaussian_blur(x, sigma, radius=3):
 
 def corrupt(x, kind, strength, noise):
     """Corrupt a uint8 NCHW batch as `draw` chose (kind 0 = leave the image alone); returns float pixel
-    levels in [0, 255]. `noise`: standard normal values of x's shape, for the images that get noise."""
+    levels in [0, 255]. `noise`: standard normal values, one image's worth for each image of kind noise, in
+    batch order (drawn for those alone, not for the whole batch)."""
     from torchvision.transforms.v2.functional import jpeg
 
     x = x.float()
@@ -139,7 +141,7 @@ def corrupt(x, kind, strength, noise):
             continue
         a, v = x[rows], CORRUPTIONS[name](u[rows])
         if name == "noise":
-            a = a + v.view(-1, 1, 1, 1) * noise[rows]
+            a = a + v.view(-1, 1, 1, 1) * noise
         elif name == "blur":
             a = gaussian_blur(a, v)
         elif name == "jpeg":

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import RECIPES, albu_pipeline, batch_augment, corrupt, cutout, draw, generator
+from .augment import NOISE, RECIPES, albu_pipeline, batch_augment, corrupt, cutout, draw, generator
 
 
 def channel_stats(images):
@@ -81,7 +81,9 @@ class DeviceLoader:
         n = len(self.y)
         gen = generator(self.seed, epoch)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        plan = torch.cat([order[:, None], draw(self.recipe, n, gen, self.size)], 1).to(self.x.device)  # one copy
+        plan = torch.cat([order[:, None], draw(self.recipe, n, gen, self.size)], 1)
+        noisy = plan[:, 6] == NOISE  # on the host: how many noise images each batch has, without a device sync
+        plan = plan.to(self.x.device)  # one copy
         for i in range(start, len(self)):
             part = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))
             mine = self.shard(part.stop - part.start)
@@ -90,9 +92,12 @@ class DeviceLoader:
             p = p[:, 1:]
             x = batch_augment(self.x[idx], self.recipe, p, self.size)
             if self.recipe.corrupt:
-                shape = (part.stop - part.start, *x.shape[1:])
-                noise = torch.randn(shape, generator=self.noise_generator(epoch, i), device=x.device)[mine]
-                x = corrupt(x, p[:, 5], p[:, 6], noise)
+                # Noise pixels only for the global batch's noise images (6% of all in crop_flip_robust), in
+                # batch order; each rank takes the draws of its own noise images.
+                g = noisy[part]
+                draws = torch.randn((int(g.sum()), *x.shape[1:]), generator=self.noise_generator(epoch, i),
+                                    device=x.device)
+                x = corrupt(x, p[:, 5], p[:, 6], draws[((g.cumsum(0) - 1)[mine][g[mine]]).to(x.device)])
             x = self.normalize(x)
             if self.recipe.cutout:
                 x = cutout(x, self.recipe.cutout, p[:, 3], p[:, 4])
