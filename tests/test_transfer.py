@@ -113,6 +113,20 @@ def test_backbone_lr_scale_sets_the_groups(cifar10_dir, tmp_path, r18_file):
     assert all(p.ndim == 1 for g in no_decay for p in g["params"])
 
 
+def test_registry_fine_tuning_recipe_is_for_pretrained_starts_only():
+    """mobilenetv2_100's head-first epoch and lower backbone rate are for ImageNet weights; from scratch every
+    layer learns at the full rate unless the user asks otherwise."""
+    parse = load_script("train").parser().parse_args
+    recipe = models.MODELS["mobilenetv2_100"].defaults
+    tuned = train.resolve(parse(["--model", "mobilenetv2_100"]))  # pretrained by default
+    assert (tuned.freeze_epochs, tuned.backbone_lr_scale) == (recipe["freeze_epochs"], recipe["backbone_lr_scale"])
+    assert tuned.freeze_epochs >= 1 and tuned.backbone_lr_scale < 1
+    scratch = train.resolve(parse(["--model", "mobilenetv2_100", "--no-pretrained"]))
+    assert (scratch.freeze_epochs, scratch.backbone_lr_scale) == (0, 1.0)
+    asked = train.resolve(parse(["--model", "mobilenetv2_100", "--no-pretrained", "--backbone-lr-scale", "0.5"]))
+    assert asked.backbone_lr_scale == 0.5
+
+
 def test_a_cifar10_run_seeds_a_cifar100_run(cifar10_dir, cifar100_dir, train_main, predict_main, capsys, tmp_path):
     code, _, err = run_cli(train_main, c10(cifar10_dir, "--model", "fast_cnn_s", "--epochs", "1",
                                            "--experiment", "c10"), capsys)

@@ -48,7 +48,7 @@ EXTENDABLE = ("epochs", "time_budget")  # what --resume may change: the length o
 def resolve(args):
     """Fill the flags left unset (None) from the model's registry defaults, then the global ones."""
     e = models.entry(args.model)
-    freeze_asked = args.freeze_epochs is not None
+    freeze_asked, scale_asked = args.freeze_epochs is not None, args.backbone_lr_scale is not None
     for k, v in GLOBAL_DEFAULTS.items():
         if getattr(args, k, None) is None:
             setattr(args, k, e.defaults.get(k, v))
@@ -64,8 +64,9 @@ def resolve(args):
     if args.pretrained_file and not args.pretrained:
         raise UserError("--pretrained-file and --no-pretrained contradict each other")
     has_weights = args.pretrained or bool(args.initial_checkpoint)
-    if not has_weights and not freeze_asked:  # a registry's head-first phase is for pretrained starts
-        args.freeze_epochs = 0
+    if not has_weights:  # a registry's head-first phase and backbone lr are for pretrained starts
+        args.freeze_epochs = args.freeze_epochs if freeze_asked else 0
+        args.backbone_lr_scale = args.backbone_lr_scale if scale_asked else 1.0
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         raise UserError("--epochs and --batch-size must be at least 1, --lr positive")
     if args.time_budget is not None and args.time_budget <= 0:
