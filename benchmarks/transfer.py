@@ -30,7 +30,8 @@ def run(a, name, flags, dataset="cifar100", data_dir=None, split=None, budget=No
     """One arm: train for the budget, return its row."""
     split = ["--train-per-class", a.train_per_class, "--val-per-class", a.val_per_class] if split is None else split
     argv = ["--dataset", dataset, "--data-dir", data_dir or a.data_dir, "--time-budget", str(budget or a.time_budget),
-            "--output", a.output, "--split-dir", f"{a.output}/split-{dataset}", "--experiment", name, *split, *flags]
+            "--output", a.output, "--split-dir", f"{a.output}/split-{dataset}",
+            "--experiment", name.replace("/", " and "), *split, *flags]  # a folder name: "mean/std" nested one
     t0 = time.perf_counter()
     folder = fit(train_cli.parser().parse_args(argv))
     log = pd.read_csv(folder / "log.csv")
