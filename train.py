@@ -45,10 +45,11 @@ def parser():
                         "models), the training split's for scratch nets; split: always the split's")
     p.add_argument("--freeze-epochs", type=int, default=None, metavar="N",
                    help="train the classifier alone for the first N epochs (backbone held), then everything "
-                        "(default: the model's, 0)")
+                        "(default: the model's when starting from weights, see --list-models; 0 from scratch)")
     p.add_argument("--backbone-lr-scale", type=float, default=None, metavar="F",
                    help="learning rate of the layers outside the classifier = --lr x F, for fine-tuning "
-                        "pretrained weights gently (default: the model's, 1)")
+                        "pretrained weights gently (default: the model's when starting from weights, see --list-models; "
+                        "1 from scratch)")
     p.add_argument("--mixup", type=float, default=None, metavar="ALPHA",
                    help="mixup with Beta(ALPHA, ALPHA) mixing (timm's Mixup, soft-target loss; 0 = off; "
                         "default: the model's)")
@@ -69,7 +70,8 @@ def parser():
     p.add_argument("-b", "--batch-size", type=int, default=None,
                    help="global batch size: under torchrun it is split over the processes, so --lr needs no "
                         "change (default: the model's)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate, SGD+Nesterov (default: the model's)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate, SGD+Nesterov: the classifier's, the other layers' x "
+                                                                 "--backbone-lr-scale (default: the model's)")
     p.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: the model's)")
     p.add_argument("--label-smoothing", type=float, default=None, help="label smoothing (default: the model's)")
     p.add_argument("--model-ema", dest="ema", action=argparse.BooleanOptionalAction, default=None,

@@ -309,9 +309,10 @@ def build_vs_buy(out_dir, *, labels, preds, classes, corrupted, run, timing, pre
         figs["examples"] = f"{prefix}_corruptions.png"
         plot_examples(examples, out_dir / figs["examples"])
     held_mean = float(np.mean(list(held_out.values()))) if held_out else None
-    choice = b_mean = None
+    choice = b_mean = clean_diff = None
     if baseline:
         b_mean = float(np.mean(list(baseline["corrupted"].values())))
+        clean_diff = f"{(acc - baseline['clean']) * 100:+.2f}"  # points, as the report prints it everywhere
         choice = choose(dict(clean=acc, corrupted=corrupted_mean), dict(clean=baseline["clean"], corrupted=b_mean))
 
     weak = ", ".join(f"{classes[i]} ({per_class[i]:.1%})" for i in weakest)
@@ -325,7 +326,7 @@ def build_vs_buy(out_dir, *, labels, preds, classes, corrupted, run, timing, pre
         *[[f"vs {name} {v:.1%}", f"{(acc - v) * 100:+.1f} points"] for name, v in SOTA],
         [f"Mean accuracy under {len(corrupted)} corruptions", f"{corrupted_mean:.2%}"],
         *([[f"... under {len(held_out)} held-out corruptions", f"{held_mean:.2%}"]] if held_out else []),
-        *([[f"vs baseline {baseline['name']}", f"{(acc - baseline['clean']) * 100:+.2f} points clean; ship "
+        *([[f"vs baseline {baseline['name']}", f"{clean_diff} points clean; ship "
             f"{'ours' if choice[0] else 'the baseline'}"]] if baseline else []),
         ["Recommendation", f"**{verdict.decision}**"],
     ], ["", "CIFAR-10 test set"])
@@ -349,7 +350,7 @@ Mean {held_mean:.2%}.
 """ if held_out else "")
     choice_text = ""
     if baseline:
-        rows = [["clean test accuracy", f"{acc:.2%}", f"{baseline['clean']:.2%}", f"{(acc - baseline['clean']) * 100:+.2f}"],
+        rows = [["clean test accuracy", f"{acc:.2%}", f"{baseline['clean']:.2%}", clean_diff],
                 [f"mean under {len(corrupted)} corruptions", f"{corrupted_mean:.2%}", f"{b_mean:.2%}",
                  f"{(corrupted_mean - b_mean) * 100:+.1f}"]]
         if held_out:
@@ -440,7 +441,7 @@ loss is label-smoothed; validation accuracy levelling off shows where more epoch
                f"inference {timing['images_per_s']:,.0f} images/s on {timing['device']}",
                f"recommendation: {verdict.decision}"]
     if baseline:
-        summary.insert(-1, f"vs baseline {baseline['name']}: {(acc - baseline['clean']) * 100:+.2f} points clean, "
+        summary.insert(-1, f"vs baseline {baseline['name']}: {clean_diff} points clean, "
                            f"{(corrupted_mean - b_mean) * 100:+.1f} "
                            f"under corruptions; ship {'ours' if choice[0] else 'the baseline'}")
     return path, summary
