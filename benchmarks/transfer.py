@@ -2,7 +2,7 @@
 """What transfer learning is worth here, arm by arm, at equal training time, in one run.
 
 On the partial CIFAR-100 with real ImageNet MobileNetV2 weights: scratch vs pretrained at 32 px and
-upsampled to 64/96/128 px (all layers from the start); then, at the best size, head-first vs all at
+upsampled to 64/80/96/128 px (all layers from the start); then, at the best size, head-first vs all at
 once, a lower backbone learning rate or a higher head one, the split's vs the weights' normalisation,
 mixup and cutmix; and the model's registry recipe, which is what `train.py --model NAME` runs. With fast_cnn_s:
 a real CIFAR-10 checkpoint as the start of a CIFAR-100 run vs scratch. Prints one table (markdown).
@@ -38,7 +38,7 @@ def run(a, name, flags, dataset="cifar100", data_dir=None, split=None, budget=No
     cfg = pd.read_json(folder / "config.json", typ="series")
     return dict(arm=name, flags=" ".join(flags), val_acc=log["val_acc"].max(), epochs=len(log),
                 train_s=log["train_seconds"].iloc[-1], images_per_s=log["images_per_s"].mean(),
-                wall_s=time.perf_counter() - t0, amp=cfg["amp"], folder=folder)
+                wall_s=time.perf_counter() - t0, amp=cfg["amp"], batch=cfg["batch_size"], folder=folder)
 
 
 @cli
@@ -56,7 +56,7 @@ def main():
     p.add_argument("--train-per-class", default="80")
     p.add_argument("--val-per-class", default="10")
     p.add_argument("--time-budget", type=float, default=300, help="seconds of training for every arm")
-    p.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 96, 128], help="input sizes to try")
+    p.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 80, 96, 128], help="input sizes to try")
     p.add_argument("--output", default="runs/bench_transfer", help="folder for the runs and splits")
     a = p.parse_args()
 
@@ -91,10 +91,10 @@ def main():
 
     print(f"\n{runtime.device_name(runtime.pick_device())}; partial CIFAR-100 ({a.train_per_class}/class train, "
           f"{a.val_per_class}/class val); {a.time_budget:g} s of training per arm; {a.model} weights: {a.pretrained_file}\n")
-    print("| arm | val accuracy | epochs | train images/s | flags |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| arm | val accuracy | epochs | train images/s | batch | flags |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['arm']} | {r['val_acc'] * 100:.1f}% | {r['epochs']} | {r['images_per_s']:.0f} | "
+        print(f"| {r['arm']} | {r['val_acc'] * 100:.1f}% | {r['epochs']} | {r['images_per_s']:.0f} | {r['batch']} | "
               f"`{r['flags'].replace(a.pretrained_file, 'W')}` |")
     full32 = next(r for r in rows if r["arm"] == "pretrained 32 px")
     top = max(rows[1:-2], key=lambda r: r["val_acc"])
