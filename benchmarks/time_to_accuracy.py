@@ -22,6 +22,26 @@ from cifarkit.errors import cli  # noqa: E402
 from cifarkit.train import fit  # noqa: E402
 
 
+def train_and_score(data_dir, model, budget, output, tta="flip", extra=(), experiment=None):
+    """Train within `budget` seconds, then predict.py's path on the official test set, scored from the CSV."""
+    args = train_cli.parser().parse_args(["--dataset", "cifar10", "--data-dir", data_dir, "--model", model,
+                                          "--time-budget", str(budget), "--output", output, *extra,
+                                          *(["--experiment", experiment] if experiment else [])])
+    t0 = time.perf_counter()
+    run = fit(args)
+    wall = time.perf_counter() - t0
+    log = pd.read_csv(run / "log.csv")
+    pargs = predict_cli.parser().parse_args(["--checkpoint", str(run / "best.pt"), "--submission",
+                                             str(run / "submission.csv")] + ([] if tta == "none" else ["--tta", tta]))
+    t1 = time.perf_counter()
+    labels = predict.run(pargs)
+    predict_seconds = time.perf_counter() - t1
+    cfg = pd.read_json(run / "config.json", typ="series")
+    return dict(acc=predict.score(labels, Path(cfg["split_dir"]) / "solution.csv"), run=run, wall=wall,
+                train_seconds=log["train_seconds"].iloc[-1], epochs=len(log), images_per_s=log["images_per_s"].mean(),
+                predict_seconds=predict_seconds, device=cfg["device"], amp=cfg["amp"])
+
+
 @cli
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -32,24 +52,12 @@ def main():
     p.add_argument("--tta", default="flip", choices=["none", "flip", "flip_shift"], help="test-time augmentation")
     p.add_argument("extra", nargs="*", help="more train.py flags, after --")
     a = p.parse_args()
-    args = train_cli.parser().parse_args(["--dataset", "cifar10", "--data-dir", a.data_dir, "--model", a.model,
-                                          "--time-budget", a.time_budget, "--output", a.output, *a.extra])
-    t0 = time.perf_counter()
-    run = fit(args)
-    wall = time.perf_counter() - t0
-    log = pd.read_csv(run / "log.csv")
-    pargs = predict_cli.parser().parse_args(["--checkpoint", str(run / "best.pt"), "--submission",
-                                             str(run / "submission.csv")] + ([] if a.tta == "none" else ["--tta", a.tta]))
-    t1 = time.perf_counter()
-    labels = predict.run(pargs)
-    predict_seconds = time.perf_counter() - t1
-    cfg = pd.read_json(run / "config.json", typ="series")
-    acc = predict.score(labels, Path(cfg["split_dir"]) / "solution.csv")
-    print(f"\n{a.model} on CIFAR-10, budget {a.time_budget} s on {cfg['device']} ({cfg['amp']} autocast):")
-    print(f"  test accuracy      {acc:.4f} (TTA: {a.tta}, official 10,000 test images)")
-    print(f"  training seconds   {log['train_seconds'].iloc[-1]:.0f} ({len(log)} epochs, "
-          f"{log['images_per_s'].mean():,.0f} train images/s); wall clock incl. validation {wall:.0f}")
-    print(f"  predict 10,000     {predict_seconds:.1f} s (predict.py path, incl. loading and the checked CSV)")
+    r = train_and_score(a.data_dir, a.model, a.time_budget, a.output, a.tta, a.extra)
+    print(f"\n{a.model} on CIFAR-10, budget {a.time_budget} s on {r['device']} ({r['amp']} autocast):")
+    print(f"  test accuracy      {r['acc']:.4f} (TTA: {a.tta}, official 10,000 test images)")
+    print(f"  training seconds   {r['train_seconds']:.0f} ({r['epochs']} epochs, "
+          f"{r['images_per_s']:,.0f} train images/s); wall clock incl. validation {r['wall']:.0f}")
+    print(f"  predict 10,000     {r['predict_seconds']:.1f} s (predict.py path, incl. loading and the checked CSV)")
 
 
 if __name__ == "__main__":

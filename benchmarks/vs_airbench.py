@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""Our CIFAR-10 recipe beside the speed-record recipe (airbench94_muon, CPU port), same machine, one sitting.
+
+Runs the peer script for its epochs (its path is an argument: it is not part of cifarkit), then ours
+with a training budget of the peer's seconds times each --fractions (1: equal time; 0.8: the
+time-to-94% target) and --time-budget (the 10-minute budget). Ours is scored from the CSV that
+predict.py writes, against the official test labels. Prints both accuracies, both times and the ratios.
+The peer trains on all 50,000 training images, ours on the split's 45,000 unless --train-on-val is
+passed after --.
+
+    python benchmarks/vs_airbench.py --peer ../shared/peers/airbench94_muon_cpu.py --data-dir ../shared/data
+    python benchmarks/vs_airbench.py --peer PEER --data-dir ../shared/data --model fast_cnn_s -- --train-on-val
+"""
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from time_to_accuracy import train_and_score  # noqa: E402
+from cifarkit.errors import HelpFormatter, UserError, cli  # noqa: E402
+
+RESULT = re.compile(r"TTA test accuracy ([0-9.]+), ([0-9.]+) s of training\+eval")
+
+
+def run_peer(peer, data_dir, epochs):
+    """The peer's own accuracy and seconds (training + its final TTA evaluation), from its result line;
+    its output is passed through as it comes, since it runs for minutes."""
+    proc = subprocess.Popen([sys.executable, str(peer), str(data_dir), f"{epochs:g}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    lines = []
+    for line in proc.stdout:
+        print(f"peer | {line}", end="", flush=True)
+        lines.append(line.rstrip())
+    if proc.wait() != 0:
+        raise UserError(f"the peer {peer} exited with {proc.returncode}: {lines[-1] if lines else 'no output'}")
+    found = [m for m in map(RESULT.search, lines) if m]
+    if not found:
+        raise UserError(f"the peer {peer} printed no result line ('TTA test accuracy A, S s of training+eval')")
+    return float(found[-1][1]), float(found[-1][2])
+
+
+@cli
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    p.add_argument("--peer", required=True, help="the peer script (airbench94_muon_cpu.py), run as: PEER DATA EPOCHS")
+    p.add_argument("--data-dir", required=True, help="folder with cifar-10-batches-py/ (the real CIFAR-10)")
+    p.add_argument("--peer-epochs", type=float, default=8, help="the peer's epochs (its own default)")
+    p.add_argument("--model", default="fast_cnn_s", help="our model (see train.py --list-models)")
+    p.add_argument("--fractions", type=float, nargs="*", default=[1.0, 0.8],
+                   help="our training budgets as fractions of the peer's seconds")
+    p.add_argument("--time-budget", type=float, default=600, help="one more budget in seconds for ours (0: none)")
+    p.add_argument("--tta", default="flip", choices=["none", "flip", "flip_shift"], help="our test-time augmentation")
+    p.add_argument("--output", default="runs/bench_vs_airbench", help="folder for our runs")
+    p.add_argument("extra", nargs="*", help="more train.py flags for ours, after --")
+    a = p.parse_args()
+    peer, data = Path(a.peer), Path(a.data_dir)
+    if not peer.is_file():
+        raise UserError(f"--peer {peer}: no such file")
+    if not (data / "cifar-10-batches-py").is_dir():
+        raise UserError(f"--data-dir {data}: no cifar-10-batches-py/ folder in it")
+    if a.peer_epochs <= 0 or any(f <= 0 for f in a.fractions) or a.time_budget < 0:
+        raise UserError("--peer-epochs and --fractions must be positive, --time-budget 0 or more")
+    if not a.fractions and not a.time_budget:
+        raise UserError("nothing of ours to run: give --fractions or a --time-budget above 0")
+
+    peer_acc, peer_s = run_peer(peer, data, a.peer_epochs)
+    budgets = [(f"{f:g} x the peer's time", f * peer_s) for f in a.fractions]
+    budgets += [(f"{a.time_budget:g} s budget", a.time_budget)] if a.time_budget else []
+    rows = []
+    for name, seconds in budgets:
+        r = train_and_score(str(data), a.model, f"{seconds:.1f}", a.output, a.tta, a.extra,
+                            experiment=f"{a.model} {seconds:.0f}s")
+        rows.append(dict(r, name=name, total=r["train_seconds"] + r["predict_seconds"]))
+
+    ours = " ".join([a.model, *a.extra])
+    print(f"\nCIFAR-10 test accuracy (the official test set) on {rows[0]['device']}; "
+          f"the peer's seconds are its training + final TTA evaluation, ours training + predict.py (TTA {a.tta}):")
+    print("| who | epochs | seconds | x the peer's time | test accuracy | vs the peer |\n|" + " --- |" * 6)
+    print(f"| peer: {peer.name} | {a.peer_epochs:g} | {peer_s:.0f} | 1.00 | {peer_acc:.2%} | |")
+    for r in rows:
+        print(f"| ours: {ours}, {r['name']} | {r['epochs']} | {r['total']:.0f} "
+              f"({r['train_seconds']:.0f} + {r['predict_seconds']:.1f}) | {r['total'] / peer_s:.2f} | {r['acc']:.2%} | "
+              f"{(r['acc'] - peer_acc) * 100:+.2f} points |")
+    reached = [r for r in rows if r["acc"] >= 0.94]
+    first = min(reached, key=lambda r: r["total"]) if reached else None
+    print("\nours to 94.0%: " + (f"{first['total']:.0f} s, {first['total'] / peer_s:.2f} x the peer's {peer_s:.0f} s"
+                               if first else "not reached in these budgets"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""benchmarks/vs_airbench.py end to end on tiny data, with a stand-in for the peer script: the peer's figures are
+read from its own result line, ours are scored from the CSV we wrote, and a peer that fails is one line."""
+
+import pickle
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT, write_cifar10
+
+RESULT = "airbench94_muon (CPU port): 1 epochs, TTA test accuracy 0.5000, 4.0 s of training+eval"
+
+
+def bench(tmp_path, peer_source):
+    data = tmp_path / "data"
+    write_cifar10(data)
+    peer = tmp_path / "peer.py"
+    peer.write_text(peer_source)
+    argv = [sys.executable, str(ROOT / "benchmarks" / "vs_airbench.py"), "--peer", str(peer), "--data-dir", str(data),
+            "--peer-epochs", "1", "--model", "simple_cnn", "--fractions", "1", "--time-budget", "0", "--tta", "none", "--output", "runs",
+            "--", "--train-per-class", "9", "--val-per-class", "3", "--device", "cpu"]
+    return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"), "HOME": str(tmp_path)})
+
+
+def test_both_sides_in_one_table(tmp_path):
+    r = bench(tmp_path, f"import sys\nassert sys.argv[2] == '1'\nprint('epoch 1')\nprint({RESULT!r})\n")
+    assert r.returncode == 0, r.stderr[-800:]
+    assert "peer | epoch 1" in r.stdout  # the peer's own progress comes through
+    assert re.search(r"\| peer: peer\.py \| 1 \| 4 \| 1\.00 \| 50\.00% \|", r.stdout)
+    row = re.search(r"\| ours: simple_cnn --train-per-class 9 --val-per-class 3 --device cpu, 1 x the peer's time \| "
+                    r"\d+ \| (\d+) \(\d+ \+ [0-9.]+\) \| ([0-9.]+) \| ([0-9.]+)% \| ([-+][0-9.]+) points \|", r.stdout)
+    assert row, r.stdout
+    seconds, ratio, acc, delta = (float(g) for g in row.groups())
+    assert ratio == pytest.approx(seconds / 4.0, abs=0.13)
+    assert delta == pytest.approx(acc - 50.0, abs=0.006)
+    # our accuracy is what the written CSV scores against the official test labels, read here on their own
+    (sub,) = (tmp_path / "runs").glob("*/submission.csv")
+    with open(tmp_path / "data" / "cifar-10-batches-py" / "test_batch", "rb") as f:
+        truth = np.array(pickle.load(f, encoding="bytes")[b"labels"])
+    labels = pd.read_csv(sub).sort_values("id")["label"].to_numpy()
+    assert acc == pytest.approx(100 * np.mean(labels == truth), abs=0.006)
+    assert ("ours to 94.0%: not reached" in r.stdout) == (acc < 94.0)
+
+
+@pytest.mark.parametrize("source, message", [
+    ("import sys\nprint('boom')\nsys.exit(3)\n", "exited with 3: boom"),
+    ("print('trained, but said nothing we can read')\n", "printed no result line"),
+])
+def test_a_failing_peer_is_one_line_and_nothing_of_ours_runs(tmp_path, source, message):
+    r = bench(tmp_path, source)
+    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-800:]
+    assert not (tmp_path / "runs").exists()
