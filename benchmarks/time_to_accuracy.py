@@ -22,11 +22,10 @@ from cifarkit.errors import cli  # noqa: E402
 from cifarkit.train import fit  # noqa: E402
 
 
-def train_and_score(data_dir, model, budget, output, tta="flip", extra=(), experiment=None):
+def train_and_score(data_dir, model, budget, output, tta="flip", extra=()):
     """Train within `budget` seconds, then predict.py's path on the official test set, scored from the CSV."""
     args = train_cli.parser().parse_args(["--dataset", "cifar10", "--data-dir", data_dir, "--model", model,
-                                          "--time-budget", str(budget), "--output", output, *extra,
-                                          *(["--experiment", experiment] if experiment else [])])
+                                          "--time-budget", str(budget), "--output", output, *extra])
     t0 = time.perf_counter()
     run = fit(args)
     wall = time.perf_counter() - t0

@@ -64,6 +64,8 @@ def main():
         raise UserError(f"--data-dir {data}: no cifar-10-batches-py/ folder in it")
     if a.peer_epochs <= 0 or any(f <= 0 for f in a.fractions) or a.time_budget < 0:
         raise UserError("--peer-epochs and --fractions must be positive, --time-budget 0 or more")
+    if "--experiment" in a.extra:
+        raise UserError("--experiment: this benchmark names its runs itself (a dated folder each, under --output)")
     if not a.fractions and not a.time_budget:
         raise UserError("nothing of ours to run: give --fractions or a --time-budget above 0")
 
@@ -72,8 +74,7 @@ def main():
     budgets += [(f"{a.time_budget:g} s budget", a.time_budget)] if a.time_budget else []
     rows = []
     for name, seconds in budgets:
-        r = train_and_score(str(data), a.model, f"{seconds:.1f}", a.output, a.tta, a.extra,
-                            experiment=f"{a.model} {seconds:.0f}s")
+        r = train_and_score(str(data), a.model, f"{seconds:.1f}", a.output, a.tta, a.extra)  # a dated run folder each
         rows.append(dict(r, name=name, total=r["train_seconds"] + r["predict_seconds"]))
 
     ours = " ".join([a.model, *a.extra])
