@@ -20,7 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import train as train_cli  # noqa: E402
 from time_to_accuracy import train_and_score  # noqa: E402
+from cifarkit import models  # noqa: E402
 from cifarkit.errors import HelpFormatter, UserError, cli  # noqa: E402
 
 RESULT = re.compile(r"TTA test accuracy ([0-9.]+), ([0-9.]+) s of training\+eval")
@@ -68,6 +70,10 @@ def main():
         raise UserError("--experiment: this benchmark names its runs itself (a dated folder each, under --output)")
     if not a.fractions and not a.time_budget:
         raise UserError("nothing of ours to run: give --fractions or a --time-budget above 0")
+    models.entry(a.model)  # an unknown model or train.py flag fails now, not after the peer's minutes
+    _, unknown = train_cli.parser().parse_known_args(["--dataset", "cifar10", "--data-dir", str(data), *a.extra])
+    if unknown:
+        raise UserError(f"train.py has no {' '.join(unknown)} (the flags after -- go to train.py)")
 
     peer_acc, peer_s = run_peer(peer, data, a.peer_epochs)
     budgets = [(f"{f:g} x the peer's time", f * peer_s) for f in a.fractions]

@@ -15,14 +15,14 @@ from conftest import ROOT, write_cifar10
 RESULT = "airbench94_muon (CPU port): 1 epochs, TTA test accuracy 0.5000, 4.0 s of training+eval"
 
 
-def bench(tmp_path, peer_source):
+def bench(tmp_path, peer_source, extra=()):
     data = tmp_path / "data"
     write_cifar10(data)
     peer = tmp_path / "peer.py"
     peer.write_text(peer_source)
     argv = [sys.executable, str(ROOT / "benchmarks" / "vs_airbench.py"), "--peer", str(peer), "--data-dir", str(data),
             "--peer-epochs", "1", "--model", "simple_cnn", "--fractions", "1", "--time-budget", "0", "--tta", "none", "--output", "runs",
-            "--", "--train-per-class", "9", "--val-per-class", "3", "--device", "cpu"]
+            "--", "--train-per-class", "9", "--val-per-class", "3", "--device", "cpu", *extra]
     return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"), "HOME": str(tmp_path)})
 
@@ -55,3 +55,9 @@ def test_a_failing_peer_is_one_line_and_nothing_of_ours_runs(tmp_path, source, m
     r = bench(tmp_path, source)
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-800:]
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_flag_train_py_lacks_fails_before_the_peer_runs(tmp_path):
+    r = bench(tmp_path, "open('peer-ran', 'w').close()\n", extra=["--no-such-flag"])
+    assert r.returncode == 2 and "train.py has no --no-such-flag" in r.stderr, r.stderr[-800:]
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "peer-ran").exists()
