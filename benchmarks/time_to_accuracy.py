@@ -48,7 +48,7 @@ def main():
     p.add_argument("--model", default="fast_cnn", help="model to train (see train.py --list-models)")
     p.add_argument("--time-budget", default="600", help="seconds of training")
     p.add_argument("--output", default="runs/bench_tta", help="folder for the run")
-    p.add_argument("--tta", default="flip", choices=["none", "flip", "flip_shift"], help="test-time augmentation")
+    p.add_argument("--tta", default="flip", choices=["none", *predict.TTA], help="test-time augmentation")
     p.add_argument("extra", nargs="*", help="more train.py flags, after --")
     a = p.parse_args()
     r = train_and_score(a.data_dir, a.model, a.time_budget, a.output, a.tta, a.extra)

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train as train_cli  # noqa: E402
 from time_to_accuracy import train_and_score  # noqa: E402
-from cifarkit import models  # noqa: E402
+from cifarkit import models, predict  # noqa: E402
 from cifarkit.errors import HelpFormatter, UserError, cli  # noqa: E402
 
 RESULT = re.compile(r"TTA test accuracy ([0-9.]+), ([0-9.]+) s of training\+eval")
@@ -55,7 +55,7 @@ def main():
     p.add_argument("--fractions", type=float, nargs="*", default=[1.0, 0.8],
                    help="our training budgets as fractions of the peer's seconds")
     p.add_argument("--time-budget", type=float, default=600, help="one more budget in seconds for ours (0: none)")
-    p.add_argument("--tta", default="flip", choices=["none", "flip", "flip_shift"], help="our test-time augmentation")
+    p.add_argument("--tta", default="flip", choices=["none", *predict.TTA], help="our test-time augmentation")
     p.add_argument("--output", default="runs/bench_vs_airbench", help="folder for our runs")
     p.add_argument("extra", nargs="*", help="more train.py flags for ours, after --")
     a = p.parse_args()
@@ -66,7 +66,7 @@ def main():
         raise UserError(f"--data-dir {data}: no cifar-10-batches-py/ folder in it")
     if a.peer_epochs <= 0 or any(f <= 0 for f in a.fractions) or a.time_budget < 0:
         raise UserError("--peer-epochs and --fractions must be positive, --time-budget 0 or more")
-    if "--experiment" in a.extra:
+    if any(f == "--experiment" or f.startswith("--experiment=") for f in a.extra):
         raise UserError("--experiment: this benchmark names its runs itself (a dated folder each, under --output)")
     if not a.fractions and not a.time_budget:
         raise UserError("nothing of ours to run: give --fractions or a --time-budget above 0")

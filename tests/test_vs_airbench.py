@@ -21,7 +21,8 @@ def bench(tmp_path, peer_source, extra=()):
     peer = tmp_path / "peer.py"
     peer.write_text(peer_source)
     argv = [sys.executable, str(ROOT / "benchmarks" / "vs_airbench.py"), "--peer", str(peer), "--data-dir", str(data),
-            "--peer-epochs", "1", "--model", "simple_cnn", "--fractions", "1", "--time-budget", "0", "--tta", "none", "--output", "runs",
+            "--peer-epochs", "1", "--model", "simple_cnn", "--fractions", "1", "--time-budget", "0", "--tta", "none",
+            "--output", "runs",
             "--", "--train-per-class", "9", "--val-per-class", "3", "--device", "cpu", *extra]
     return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"), "HOME": str(tmp_path)})
