@@ -46,6 +46,11 @@ def parser():
     p.add_argument("--freeze-epochs", type=int, default=None, metavar="N",
                    help="train the classifier alone for the first N epochs (backbone held), then everything "
                         "(default: the model's when starting from weights, see --list-models; 0 from scratch)")
+    p.add_argument("--frozen-stages", type=int, default=None, metavar="N",
+                   help="hold the first N of the network's timm layer groups (the stem, then one per stage) as "
+                        "they start, weights and batch-norm statistics, for the whole run: no backward pass "
+                        "through them, so each step is cheaper (default: the model's when starting from "
+                        "weights; 0 from scratch)")
     p.add_argument("--backbone-lr-scale", type=float, default=None, metavar="F",
                    help="learning rate of the layers outside the classifier = --lr x F, for fine-tuning "
                         "pretrained weights gently (default: the model's when starting from weights, see --list-models; "

@@ -15,6 +15,7 @@ import torch
 
 from cifarkit import checkpoint, models, train
 from cifarkit.augment import mixer
+from cifarkit.predict import evaluate
 
 from conftest import ROOT, load_script, run_cli
 
@@ -100,6 +101,39 @@ def test_backbone_held_while_frozen_then_trained(cifar10_dir, tmp_path, r18_file
     train.train_one_epoch(r, w)
     changed = [k for k, v in backbone().items() if not torch.equal(v, after_frozen[k])]
     assert any(k.startswith("layer1.") for k in changed) and any(k.endswith("running_mean") for k in changed)
+
+
+def test_frozen_stages_hold_the_stem_and_first_stages(cifar10_dir, tmp_path, r18_file):
+    """--frozen-stages 2: resnet18's stem and layer1 keep their weights and batch-norm statistics through a
+    full-phase epoch and are not in the optimizer; the later stages train."""
+    r = train.setup(_args(cifar10_dir, tmp_path, "--model", "resnet18", "--pretrained-file", str(r18_file),
+                          "--frozen-stages", "2", "--epochs", "1", "--lr", "0.05", "--no-amp"))
+    state = {k: v.clone() for k, v in r.model.state_dict().items()}
+    in_opt = {id(p) for g in r.opt.param_groups for p in g["params"]}
+    assert r.held[0] == "conv1" and {m.split(".")[0] for m in r.held} == {"conv1", "bn1", "layer1"}
+    assert not any(id(p) in in_opt for n, p in r.model.named_parameters() if n.startswith(("conv1.", "layer1.")))
+    train.train_one_epoch(r, train.Writer(r))
+    changed = {k.split(".")[0] for k, v in r.model.state_dict().items() if not torch.equal(v, state[k])}
+    assert changed.isdisjoint({"conv1", "bn1", "layer1"}) and {"layer2", "layer4", "fc"} <= changed
+
+
+def test_frozen_stages_resume_exactly(cifar10_dir, train_main, capsys, tmp_path, r18_file):
+    """Stopped after epoch 1 and resumed, a --frozen-stages run logs what the uninterrupted one does."""
+    common = ["--model", "resnet18", "--pretrained-file", str(r18_file), "--frozen-stages", "1", "--epochs", "2",
+              "--no-amp", "--no-model-ema"]
+    code, _, err = run_cli(train_main, c10(cifar10_dir, *common, "--experiment", "whole"), capsys)
+    assert code == 0, err
+    r = train.setup(_args(cifar10_dir, tmp_path, *common, "--experiment", "cut"))
+    w = train.Writer(r)
+    w.start()
+    w.end_epoch(*train.train_one_epoch(r, w), *evaluate(r.eval_model, r.val_loader, r.device, r.amp))
+    r.state.next_epoch()
+    w.save_last()  # what fit() leaves after epoch 1; the process "stops" here
+    code, _, err = run_cli(train_main, ["--resume", str(tmp_path / "runs" / "cut")], capsys)
+    assert code == 0, err
+    whole, cut = (pd.read_csv(tmp_path / "runs" / n / "log.csv") for n in ("whole", "cut"))
+    for col in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+        assert cut[col].tolist() == pytest.approx(whole[col].tolist(), rel=1e-5, abs=1e-6), col
 
 
 def test_backbone_lr_scale_sets_the_groups(cifar10_dir, tmp_path, r18_file):
@@ -215,6 +249,9 @@ def test_model_names_with_pretrained_tags_work():
     (["--freeze-epochs", "3", "--epochs", "3", "--pretrained-file", "W"], "--freeze-epochs must be at least 0 and fewer than --epochs (3)"),
     (["--model", "simple_cnn", "--freeze-epochs", "1"], "it needs weights to start from"),
     (["--backbone-lr-scale", "0"], "--backbone-lr-scale must be in (0, 1]"),
+    (["--frozen-stages", "-1"], "--frozen-stages must not be negative"),
+    (["--model", "simple_cnn", "--frozen-stages", "1"], "it needs weights to start from"),
+    (["--frozen-stages", "5", "--pretrained-file", "W"], "--frozen-stages must be fewer than 5"),
     (["--img-size", "4"], "--img-size must be between 8 and 1024"),
     (["--initial-checkpoint", "nothing.pt"], "initial checkpoint nothing.pt not found"),
     (["--initial-checkpoint", "C10", "--pretrained-file", "W"], "contradict each other"),

@@ -405,6 +405,22 @@ def classifier_name(model):
     return linears[-1]
 
 
+def stem_modules(model, name, stages):
+    """Names of the modules in the first `stages` of timm's coarse layer groups (the stem, then one group
+    per stage), which --frozen-stages holds for the whole run; the classifier's group is never among them."""
+    if not stages:
+        return []
+    if not hasattr(model, "group_matcher"):
+        raise UserError(f"--frozen-stages needs a timm network with layer groups; {name} has none")
+    from timm.models import group_modules
+
+    groups = list(group_modules(model, model.group_matcher(coarse=True)).values())
+    if stages >= len(groups) - 1:
+        raise UserError(f"--frozen-stages must be fewer than {len(groups) - 1}: {name} has {len(groups) - 1} "
+                        f"layer groups before its classifier, and some must train")
+    return [m for group in groups[:stages] for m in group]
+
+
 def load_backbone(model, state, source, timm_name):
     """Load every weight but the classifier; refuse a file that does not fit instead of half-loading it."""
     head = classifier_name(model)

@@ -40,7 +40,7 @@ from .predict import evaluate
 
 GLOBAL_DEFAULTS = dict(epochs=10, lr=0.05, batch_size=128, weight_decay=5e-4, aug="crop_flip",
                        label_smoothing=0.1, ema=False, img_size=None, freeze_epochs=0, backbone_lr_scale=1.0,
-                       mixup=0.0, cutmix=0.0)
+                       frozen_stages=0, mixup=0.0, cutmix=0.0)
 WARMUP = 0.1  # fraction of training spent warming the learning rate up
 EXTENDABLE = ("epochs", "time_budget")  # what --resume may change: the length of the run
 
@@ -48,7 +48,7 @@ EXTENDABLE = ("epochs", "time_budget")  # what --resume may change: the length o
 def resolve(args):
     """Fill the flags left unset (None) from the model's registry defaults, then the global ones."""
     e = models.entry(args.model)
-    freeze_asked, scale_asked = args.freeze_epochs is not None, args.backbone_lr_scale is not None
+    asked = {k for k in ("freeze_epochs", "backbone_lr_scale", "frozen_stages") if getattr(args, k, None) is not None}
     for k, v in GLOBAL_DEFAULTS.items():
         if getattr(args, k, None) is None:
             setattr(args, k, e.defaults.get(k, v))
@@ -64,9 +64,9 @@ def resolve(args):
     if args.pretrained_file and not args.pretrained:
         raise UserError("--pretrained-file and --no-pretrained contradict each other")
     has_weights = args.pretrained or bool(args.initial_checkpoint)
-    if not has_weights:  # a registry's head-first phase and backbone lr are for pretrained starts
-        args.freeze_epochs = args.freeze_epochs if freeze_asked else 0
-        args.backbone_lr_scale = args.backbone_lr_scale if scale_asked else 1.0
+    if not has_weights:  # a registry's fine-tuning settings are for pretrained starts
+        for k in {"freeze_epochs", "backbone_lr_scale", "frozen_stages"} - asked:
+            setattr(args, k, GLOBAL_DEFAULTS[k])
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         raise UserError("--epochs and --batch-size must be at least 1, --lr positive")
     if args.time_budget is not None and args.time_budget <= 0:
@@ -84,6 +84,15 @@ def resolve(args):
     if args.freeze_epochs and not has_weights:
         raise UserError("--freeze-epochs trains the classifier alone first: it needs weights to start from "
                         "(pretrained or --initial-checkpoint)")
+    if args.frozen_stages < 0:
+        raise UserError("--frozen-stages must not be negative")
+    if args.frozen_stages and not has_weights:
+        raise UserError("--frozen-stages holds the first layers as they start: it needs weights to start from "
+                        "(pretrained or --initial-checkpoint)")
+    if args.frozen_stages:  # refused now, before the split is written; the meta device allocates nothing
+        with torch.device("meta"):
+            models.stem_modules(models.create(args.model, 10, model_kwargs=args.model_kwargs), args.model,
+                                args.frozen_stages)
     if not 0 < args.backbone_lr_scale <= 1:
         raise UserError("--backbone-lr-scale must be in (0, 1]")
     if args.mixup < 0 or args.cutmix < 0:
@@ -151,6 +160,7 @@ class Run:
     resumed: bool
     head: str  # the classifier's module name
     backbone: list  # the trainable parameters outside the classifier, held during --freeze-epochs
+    held: list  # the modules --frozen-stages keeps as they started, weights and batch-norm statistics
     mix: object  # timm Mixup/CutMix for a batch, or None
     criterion: object  # soft-target cross-entropy with mixing, else cross-entropy with label smoothing
     notes: list  # lines for the set-up message
@@ -239,6 +249,13 @@ def setup(args):
         sample = torch.from_numpy(train_x[:5000]).permute(0, 3, 1, 2).to(device)
         model.init_from_data(norm(sample))
     head = models.classifier_name(model)
+    held = models.stem_modules(model, args.model, args.frozen_stages)
+    for m in held:
+        model.get_submodule(m).requires_grad_(False)
+    if held:
+        notes.append(f"--frozen-stages {args.frozen_stages}: {held[0]} to {held[-1]} held as they start "
+                     f"({sum(p.numel() for m in held for p in model.get_submodule(m).parameters(recurse=False)):,} "
+                     f"parameters)")
     backbone = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith(head + ".")]
 
     r = get_recipe(args.aug)
@@ -284,7 +301,7 @@ def setup(args):
     mix = mixer(args.mixup, args.cutmix, args.label_smoothing, len(classes), args.seed)
     criterion = SoftTargetCrossEntropy() if mix else partial(F.cross_entropy, label_smoothing=args.label_smoothing)
     return Run(args, run_dir, dist, device, amp, model, None, ema, opt, scaler, train_loader, val_loader,
-               meta, config, state, saved is not None, head, backbone, mix, criterion, notes)
+               meta, config, state, saved is not None, head, backbone, held, mix, criterion, notes)
 
 
 def _training_set(args, s, split_dir, device):
@@ -348,6 +365,8 @@ def set_phase(r):
     if frozen:
         r.model.eval()
         r.model.get_submodule(r.head).train()
+    for m in r.held:
+        r.model.get_submodule(m).eval()
 
 
 def _global_sums(r, loss_sum, correct):
