@@ -156,7 +156,8 @@ def test_registry_fine_tuning_recipe_is_for_pretrained_starts_only():
     assert (tuned.freeze_epochs, tuned.backbone_lr_scale) == (recipe["freeze_epochs"], recipe["backbone_lr_scale"])
     assert tuned.freeze_epochs >= 1 and tuned.backbone_lr_scale < 1
     scratch = train.resolve(parse(["--model", "mobilenetv2_100", "--no-pretrained"]))
-    assert (scratch.freeze_epochs, scratch.backbone_lr_scale) == (0, 1.0)
+    assert (scratch.freeze_epochs, scratch.backbone_lr_scale, scratch.frozen_stages) == (0, 1.0, 0)
+    assert tuned.frozen_stages == recipe["frozen_stages"] > 0
     asked = train.resolve(parse(["--model", "mobilenetv2_100", "--no-pretrained", "--backbone-lr-scale", "0.5"]))
     assert asked.backbone_lr_scale == 0.5
 
