@@ -43,12 +43,13 @@ GLOBAL_DEFAULTS = dict(epochs=10, lr=0.05, batch_size=128, weight_decay=5e-4, au
                        frozen_stages=0, mixup=0.0, cutmix=0.0)
 WARMUP = 0.1  # fraction of training spent warming the learning rate up
 EXTENDABLE = ("epochs", "time_budget")  # what --resume may change: the length of the run
+FINE_TUNING = ("freeze_epochs", "backbone_lr_scale", "frozen_stages")  # a registry's, for starts from weights only
 
 
 def resolve(args):
     """Fill the flags left unset (None) from the model's registry defaults, then the global ones."""
     e = models.entry(args.model)
-    asked = {k for k in ("freeze_epochs", "backbone_lr_scale", "frozen_stages") if getattr(args, k, None) is not None}
+    asked = {k for k in FINE_TUNING if getattr(args, k, None) is not None}
     for k, v in GLOBAL_DEFAULTS.items():
         if getattr(args, k, None) is None:
             setattr(args, k, e.defaults.get(k, v))
@@ -64,8 +65,8 @@ def resolve(args):
     if args.pretrained_file and not args.pretrained:
         raise UserError("--pretrained-file and --no-pretrained contradict each other")
     has_weights = args.pretrained or bool(args.initial_checkpoint)
-    if not has_weights:  # a registry's fine-tuning settings are for pretrained starts
-        for k in {"freeze_epochs", "backbone_lr_scale", "frozen_stages"} - asked:
+    if not has_weights:
+        for k in set(FINE_TUNING) - asked:
             setattr(args, k, GLOBAL_DEFAULTS[k])
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         raise UserError("--epochs and --batch-size must be at least 1, --lr positive")
