@@ -75,9 +75,12 @@ def parser():
     p.add_argument("-b", "--batch-size", type=int, default=None,
                    help="global batch size: under torchrun it is split over the processes, so --lr needs no "
                         "change (default: the model's)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate, SGD+Nesterov: the classifier's, the other layers' x "
-                                                                 "--backbone-lr-scale (default: the model's)")
-    p.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: the model's)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate, SGD+Nesterov: the classifier's, the other layers' x --backbone-lr-scale; "
+                        "for a Muon model (fast_cnn_muon) Muon's, for the conv filters, its SGD groups keeping "
+                        "their per-image rates (default: the model's)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="weight decay; for a Muon model per image of the batch (default: the model's)")
     p.add_argument("--label-smoothing", type=float, default=None, help="label smoothing (default: the model's)")
     p.add_argument("--model-ema", dest="ema", action=argparse.BooleanOptionalAction, default=None,
                    help="evaluate and save an exponential moving average of the weights (default: the model's)")

@@ -9,17 +9,21 @@ The peer trains on all 50,000 training images, ours on the split's 45,000 unless
 passed after --.
 
     python benchmarks/vs_airbench.py --peer ../shared/peers/airbench94_muon_cpu.py --data-dir ../shared/data
-    python benchmarks/vs_airbench.py --peer PEER --data-dir ../shared/data --model fast_cnn_s -- --train-on-val
+    python benchmarks/vs_airbench.py --peer PEER --data-dir ../shared/data -- --train-on-val   # 50,000 images, as the peer
 """
 
 import argparse
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import predict as predict_cli  # noqa: E402
 import train as train_cli  # noqa: E402
 from time_to_accuracy import train_and_score  # noqa: E402
 from cifarkit import models, predict  # noqa: E402
@@ -45,17 +49,33 @@ def run_peer(peer, data_dir, epochs):
     return float(found[-1][1]), float(found[-1][2])
 
 
+def predict_costs(run):
+    """(TTA, seconds of predict.py's whole path on the 10,000 test images, accuracy) for each TTA choice, with
+    the checkpoint of `run`: what TTA costs and buys."""
+    rows = []
+    for tta in ["none", *predict.TTA]:
+        sub = run / f"submission-tta-{tta}.csv"
+        t0 = time.perf_counter()
+        labels = predict.run(predict_cli.parser().parse_args(
+            ["--checkpoint", str(run / "best.pt"), "--submission", str(sub)] + ([] if tta == "none" else ["--tta", tta])))
+        seconds = time.perf_counter() - t0
+        split_dir = pd.read_json(run / "config.json", typ="series")["split_dir"]
+        rows.append((tta, seconds, predict.score(labels, Path(split_dir) / "solution.csv")))
+    return rows
+
+
 @cli
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--peer", required=True, help="the peer script (airbench94_muon_cpu.py), run as: PEER DATA EPOCHS")
     p.add_argument("--data-dir", required=True, help="folder with cifar-10-batches-py/ (the real CIFAR-10)")
     p.add_argument("--peer-epochs", type=float, default=8, help="the peer's epochs (its own default)")
-    p.add_argument("--model", default="fast_cnn_s", help="our model (see train.py --list-models)")
+    p.add_argument("--model", default="fast_cnn_muon", help="our model (see train.py --list-models)")
     p.add_argument("--fractions", type=float, nargs="*", default=[1.0, 0.8],
                    help="our training budgets as fractions of the peer's seconds")
     p.add_argument("--time-budget", type=float, default=600, help="one more budget in seconds for ours (0: none)")
-    p.add_argument("--tta", default="flip", choices=["none", *predict.TTA], help="our test-time augmentation")
+    p.add_argument("--tta", default="flip_shift", choices=["none", *predict.TTA],
+                   help="our test-time augmentation (the peer's own is flip_shift)")
     p.add_argument("--output", default="runs/bench_vs_airbench", help="folder for our runs")
     p.add_argument("extra", nargs="*", help="more train.py flags for ours, after --")
     a = p.parse_args()
@@ -96,6 +116,10 @@ def main():
     first = min(reached, key=lambda r: r["total"]) if reached else None
     print("\nours to 94.0%: " + (f"{first['total']:.0f} s, {first['total'] / peer_s:.2f} x the peer's {peer_s:.0f} s"
                                if first else "not reached in these budgets"))
+    print(f"\npredict.py on the 10,000 test images with the last run's checkpoint ({rows[-1]['name']}), whole "
+          f"command path (checkpoint, model, inference, checked CSV):")
+    for tta, seconds, acc in predict_costs(rows[-1]["run"]):
+        print(f"  TTA {tta:10s} {seconds:5.1f} s  {acc:.2%}")
 
 
 if __name__ == "__main__":

@@ -178,3 +178,29 @@ def run_cli(main, argv, capsys):
         code = e.code if isinstance(e.code, int) else 1
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def resumes_as_if_never_stopped(train_main, capsys, argv, output):
+    """Train `argv` whole, then again stopped after epoch 1 (what fit() leaves there: last.pt) and resumed with
+    --resume: the two logs must match. Returns the whole run's log."""
+    import pandas as pd
+    import pytest
+
+    from cifarkit import train
+    from cifarkit.predict import evaluate
+
+    argv = [*argv, "--output", str(output)]
+    code, _, err = run_cli(train_main, [*argv, "--experiment", "whole"], capsys)
+    assert code == 0, err
+    r = train.setup(load_script("train").parser().parse_args([*argv, "--experiment", "cut"]))
+    w = train.Writer(r)
+    w.start()
+    w.end_epoch(*train.train_one_epoch(r, w), *evaluate(r.eval_model, r.val_loader, r.device, r.amp))
+    r.state.next_epoch()
+    w.save_last()  # the process "stops" here
+    code, _, err = run_cli(train_main, ["--resume", str(output / "cut")], capsys)
+    assert code == 0, err
+    whole, cut = (pd.read_csv(output / n / "log.csv") for n in ("whole", "cut"))
+    for col in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+        assert cut[col].tolist() == pytest.approx(whole[col].tolist(), rel=1e-5, abs=1e-6), col
+    return whole

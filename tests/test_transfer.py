@@ -17,7 +17,7 @@ from cifarkit import checkpoint, models, train
 from cifarkit.augment import mixer
 from cifarkit.predict import evaluate
 
-from conftest import ROOT, load_script, run_cli
+from conftest import ROOT, load_script, resumes_as_if_never_stopped, run_cli
 
 SMALL = ["--train-per-class", "9", "--val-per-class", "3", "--device", "cpu"]
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -109,7 +109,7 @@ def test_frozen_stages_hold_the_stem_and_first_stages(cifar10_dir, tmp_path, r18
     r = train.setup(_args(cifar10_dir, tmp_path, "--model", "resnet18", "--pretrained-file", str(r18_file),
                           "--frozen-stages", "2", "--epochs", "1", "--lr", "0.05", "--no-amp"))
     state = {k: v.clone() for k, v in r.model.state_dict().items()}
-    in_opt = {id(p) for g in r.opt.param_groups for p in g["params"]}
+    in_opt = {id(p) for g in r.opts[0].param_groups for p in g["params"]}
     assert r.held[0] == "conv1" and {m.split(".")[0] for m in r.held} == {"conv1", "bn1", "layer1"}
     assert not any(id(p) in in_opt for n, p in r.model.named_parameters() if n.startswith(("conv1.", "layer1.")))
     train.train_one_epoch(r, train.Writer(r))
@@ -121,29 +121,17 @@ def test_frozen_stages_resume_exactly(cifar10_dir, train_main, capsys, tmp_path,
     """Stopped after epoch 1 and resumed, a --frozen-stages run logs what the uninterrupted one does."""
     common = ["--model", "resnet18", "--pretrained-file", str(r18_file), "--frozen-stages", "1", "--epochs", "2",
               "--no-amp", "--no-model-ema"]
-    code, _, err = run_cli(train_main, c10(cifar10_dir, *common, "--experiment", "whole"), capsys)
-    assert code == 0, err
-    r = train.setup(_args(cifar10_dir, tmp_path, *common, "--experiment", "cut"))
-    w = train.Writer(r)
-    w.start()
-    w.end_epoch(*train.train_one_epoch(r, w), *evaluate(r.eval_model, r.val_loader, r.device, r.amp))
-    r.state.next_epoch()
-    w.save_last()  # what fit() leaves after epoch 1; the process "stops" here
-    code, _, err = run_cli(train_main, ["--resume", str(tmp_path / "runs" / "cut")], capsys)
-    assert code == 0, err
-    whole, cut = (pd.read_csv(tmp_path / "runs" / n / "log.csv") for n in ("whole", "cut"))
-    for col in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
-        assert cut[col].tolist() == pytest.approx(whole[col].tolist(), rel=1e-5, abs=1e-6), col
+    resumes_as_if_never_stopped(train_main, capsys, c10(cifar10_dir, *common), tmp_path / "runs")
 
 
 def test_backbone_lr_scale_sets_the_groups(cifar10_dir, tmp_path, r18_file):
     r = train.setup(_args(cifar10_dir, tmp_path, "--model", "resnet18", "--pretrained-file", str(r18_file),
                           "--backbone-lr-scale", "0.1", "--epochs", "1"))
     scales = {}
-    for g in r.opt.param_groups:
+    for g in r.opts[0].param_groups:
         scales[g["lr_scale"]] = scales.get(g["lr_scale"], 0) + sum(p.numel() for p in g["params"])
     assert scales[1.0] == 512 * 10 + 10 and scales[0.1] > 11_000_000  # fc alone at the full rate
-    no_decay = [g for g in r.opt.param_groups if g["weight_decay"] == 0]
+    no_decay = [g for g in r.opts[0].param_groups if g["weight_decay"] == 0]
     assert all(p.ndim == 1 for g in no_decay for p in g["params"])
 
 

@@ -23,12 +23,17 @@ class Recipe:
     cutout: int = 0
     albu: bool = False  # per-image albumentations pipeline through a DataLoader
     corrupt: float = 0.0  # share of images given one random corruption (CORRUPTIONS)
+    alt_flip: bool = False  # each image's mirror drawn once, then inverted every other epoch (alternating_flips)
+    pad_mode: str = "constant"  # how the loader pads for crops: zeros, or "reflect" (the border mirrored)
 
 
 RECIPES = {
     "none": Recipe("no augmentation"),
     "flip": Recipe("horizontal flip", flip=0.5),
     "crop_flip": Recipe("random crop (pad 4) + horizontal flip, batched on the device", pad=4, flip=0.5),
+    "shift_altflip": Recipe("random shift of up to 2 px (border reflected) + horizontal flips that alternate by "
+                            "epoch (airbench's: every image seen both ways in any two epochs), batched on the device",
+                            pad=2, flip=0.5, alt_flip=True, pad_mode="reflect"),
     "crop_flip_cutout": Recipe("crop_flip + one 12x12 cutout square per image", pad=4, flip=0.5, cutout=12),
     "crop_flip_robust": Recipe("crop_flip + one random corruption on 30% of the images (Gaussian noise, blur, JPEG, "
                                "brightness, contrast at random strengths; for degraded inputs), batched on the "
@@ -67,6 +72,13 @@ def draw(r, n, gen, size=32):
         p[:, 5] = torch.where(hit, torch.randint(1, len(CORRUPTIONS) + 1, (n,), generator=gen), 0)
         p[:, 6] = torch.randint(0, STEPS + 1, (n,), generator=gen)
     return p
+
+
+def alternating_flips(seed, epoch, order):
+    """Mirror flags for the images in `order`: each image's drawn once from the seed, inverted in even epochs.
+    Random flips show 25% of the images one way only in two epochs; these show every image both ways."""
+    first = torch.rand(len(order), generator=generator(seed, 0)) < 0.5
+    return (first[order] ^ (epoch % 2 == 0)).long()
 
 
 def crop_flip(x, size, dy, dx, mirror):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import NOISE, RECIPES, albu_pipeline, batch_augment, corrupt, cutout, draw, generator
+from .augment import NOISE, RECIPES, albu_pipeline, alternating_flips, batch_augment, corrupt, cutout, draw, generator
 
 
 def channel_stats(images):
@@ -60,7 +60,7 @@ class DeviceLoader:
                  shuffle=False, drop_last=False, seed=0, dist=None):
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
         self.size = x.shape[-1]
-        self.x = F.pad(x, (recipe.pad,) * 4) if recipe.pad else x  # padded once, not per batch
+        self.x = F.pad(x, (recipe.pad,) * 4, mode=recipe.pad_mode) if recipe.pad else x  # padded once, not per batch
         self.y = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         self.batch_size, self.normalize, self.recipe = batch_size, normalize, recipe
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
@@ -82,6 +82,8 @@ class DeviceLoader:
         gen = generator(self.seed, epoch)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         plan = torch.cat([order[:, None], draw(self.recipe, n, gen, self.size)], 1)
+        if self.recipe.alt_flip:
+            plan[:, 3] = alternating_flips(self.seed, epoch, order)
         noisy = plan[:, 6] == NOISE  # on the host: how many noise images each batch has, without a device sync
         plan = plan.to(self.x.device)  # one copy
         for i in range(start, len(self)):

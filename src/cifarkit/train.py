@@ -40,8 +40,11 @@ from .predict import evaluate
 
 GLOBAL_DEFAULTS = dict(epochs=10, lr=0.05, batch_size=128, weight_decay=5e-4, aug="crop_flip",
                        label_smoothing=0.1, ema=False, img_size=None, freeze_epochs=0, backbone_lr_scale=1.0,
-                       frozen_stages=0, mixup=0.0, cutmix=0.0)
-WARMUP = 0.1  # fraction of training spent warming the learning rate up
+                       frozen_stages=0, mixup=0.0, cutmix=0.0, optimizer="sgd", warmup=0.1)
+# airbench94_muon's optimizer (fast_cnn_muon): Muon at --lr for the conv filters; SGD for the rest at rates per
+# image of the batch (the record sums its loss over the batch), --weight-decay per image too; the whitening
+# bias trains for the first 3/8 of the run only, its rate falling to 0 by then.
+MUON = dict(momentum=0.6, ns_steps=3, sgd_momentum=0.85, head_lr=0.67, bias_lr=0.053, whiten_share=3 / 8)
 EXTENDABLE = ("epochs", "time_budget")  # what --resume may change: the length of the run
 FINE_TUNING = ("freeze_epochs", "backbone_lr_scale", "frozen_stages")  # a registry's, for starts from weights only
 
@@ -108,10 +111,20 @@ def resolve(args):
     return args
 
 
-def lr_factor(progress):
-    if progress < WARMUP:
-        return progress / WARMUP
-    return max(0.0, (1 - progress) / (1 - WARMUP))
+def lr_factor(progress, warmup=0.1):
+    """Linear warm-up over the first `warmup` of training, then linear decay to 0 at progress 1."""
+    if progress < warmup:
+        return progress / warmup
+    return max(0.0, (1 - progress) / (1 - warmup))
+
+
+def set_lr(opts, args, progress):
+    """Every group's rate at this progress: --lr x its lr_scale x lr_factor; a group with a share `until` < 1
+    runs the whole schedule within that share of the run, then stays at 0. Returns --lr's scheduled value."""
+    for opt in opts:
+        for g in opt.param_groups:
+            g["lr"] = args.lr * g["lr_scale"] * lr_factor(min(progress / g.get("until", 1.0), 1), args.warmup)
+    return args.lr * lr_factor(progress, args.warmup)
 
 
 def resume_point(resume, output):
@@ -151,7 +164,7 @@ class Run:
     model: nn.Module  # the network itself: checkpoints and EMA read it
     train_model: nn.Module  # what the steps call: the same network, DDP-wrapped and/or compiled
     ema: object
-    opt: torch.optim.Optimizer
+    opts: list  # the SGD optimizer, and Muon's for the filters with --optimizer muon
     scaler: torch.amp.GradScaler
     train_loader: object
     val_loader: DeviceLoader
@@ -269,16 +282,19 @@ def setup(args):
                                     shuffle=True, drop_last=drop_last, seed=args.seed, dist=dist)
     val_loader = DeviceLoader(val_x, val_y, 512, norm, device, dist=dist)
 
-    opt = torch.optim.SGD(param_groups(model, head, args.weight_decay, args.backbone_lr_scale), lr=args.lr,
-                          momentum=0.9, nesterov=True)
+    opts = optimizers(model, head, args)
     ema = ModelEmaV3(model, decay=0.999, use_warmup=True) if args.ema else None
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     state = LoopState()
     if saved is not None:
         ts = saved["train_state"]
         model.load_state_dict(ts["model"])
+        saved_opts = ts["optimizer"] if isinstance(ts["optimizer"], list) else [ts["optimizer"]]
         try:
-            opt.load_state_dict(ts["optimizer"])
+            if len(saved_opts) != len(opts):
+                raise ValueError
+            for opt, sd in zip(opts, saved_opts):
+                opt.load_state_dict(sd)
         except ValueError:  # a run saved by a version with other parameter groups
             raise UserError(f"{run_dir} was saved by an older cifarkit whose optimizer state does not fit this "
                             f"one: start a new run (its best.pt still predicts)") from None
@@ -301,7 +317,7 @@ def setup(args):
                   params=sum(p.numel() for p in model.parameters()), world_size=dist.world)
     mix = mixer(args.mixup, args.cutmix, args.label_smoothing, len(classes), args.seed)
     criterion = SoftTargetCrossEntropy() if mix else partial(F.cross_entropy, label_smoothing=args.label_smoothing)
-    return Run(args, run_dir, dist, device, amp, model, None, ema, opt, scaler, train_loader, val_loader,
+    return Run(args, run_dir, dist, device, amp, model, None, ema, opts, scaler, train_loader, val_loader,
                meta, config, state, saved is not None, head, backbone, held, mix, criterion, notes)
 
 
@@ -346,6 +362,52 @@ def param_groups(model, head, weight_decay, backbone_scale):
             groups.setdefault(key, []).append(p)
     return [dict(params=ps, weight_decay=0.0 if no_decay else weight_decay,
                  lr_scale=1.0 if in_head else backbone_scale) for (in_head, no_decay), ps in groups.items()]
+
+
+def optimizers(model, head, args):
+    """[SGD] with Nesterov momentum for every trainable parameter, or with --optimizer muon (the registry's
+    `optimizer`) [SGD for biases and the classifier, Muon for the conv filters], rates as in MUON."""
+    if args.optimizer == "sgd":
+        return [torch.optim.SGD(param_groups(model, head, args.weight_decay, args.backbone_lr_scale), lr=args.lr,
+                                momentum=0.9, nesterov=True)]
+    filters, groups = [], {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim == 4:
+            filters.append(p)
+            continue
+        kind = "head" if name.startswith(head + ".") else "whiten" if name == "whiten.bias" else "bias"
+        groups.setdefault(kind, []).append(p)
+    sgd = []
+    for kind, ps in groups.items():
+        per_image = MUON["head_lr" if kind == "head" else "bias_lr"]
+        sgd.append(dict(params=ps, lr_scale=per_image * args.batch_size / args.lr,
+                        weight_decay=args.weight_decay / per_image,
+                        until=MUON["whiten_share"] if kind == "whiten" else 1.0))
+    return [torch.optim.SGD(sgd, lr=args.lr, momentum=MUON["sgd_momentum"], nesterov=True),
+            normed_muon()([dict(params=filters, lr_scale=1.0)], lr=args.lr, momentum=MUON["momentum"],
+                          nesterov=True, ns_steps=MUON["ns_steps"], ns_coefficients="original",
+                          adjust_lr_fn="original")]
+
+
+def normed_muon():
+    """The class, built on first use: importing timm.optim takes seconds."""
+    from timm.optim import Muon
+
+    class NormedMuon(Muon):
+        """timm's Muon, each filter bank first rescaled to norm sqrt(output channels), as airbench94_muon does:
+        batch norm follows every conv, so the scale carries nothing, and a fixed one keeps the step's size
+        relative to the weights the same all run."""
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            for g in self.param_groups:
+                for p in g["params"]:
+                    p.mul_(len(p) ** 0.5 / p.norm())
+            return super().step(closure)
+
+    return NormedMuon
 
 
 def set_phase(r):
@@ -395,16 +457,15 @@ def train_one_epoch(r, writer):
         progress = r.progress()
         if progress >= 1:
             break
-        lr = args.lr * lr_factor(progress)
-        for g in r.opt.param_groups:
-            g["lr"] = lr * g["lr_scale"]
+        lr = set_lr(r.opts, args, progress)
         x, target = r.mix(x, y, st.epoch, st.batch) if r.mix else (x, y)
         with runtime.autocast(r.device, r.amp):
             out = r.train_model(x)
             loss = r.criterion(out, target)
-        r.opt.zero_grad(set_to_none=True)
+        r.model.zero_grad(set_to_none=True)
         r.scaler.scale(loss).backward()
-        r.scaler.step(r.opt)
+        for opt in r.opts:
+            r.scaler.step(opt)
         r.scaler.update()
         if r.ema is not None:
             r.ema.update(r.model, step=st.step)
@@ -491,7 +552,7 @@ class Writer:
         if sums is not None:
             loop["loss_sum"], loop["correct"], loop["seen"] = sums
         state = dict(
-            model=r.model.state_dict(), optimizer=r.opt.state_dict(), scaler=r.scaler.state_dict(),
+            model=r.model.state_dict(), optimizer=[opt.state_dict() for opt in r.opts], scaler=r.scaler.state_dict(),
             ema=r.ema.state_dict() if r.ema is not None else None, rng=torch.get_rng_state(),
             cuda_rng=torch.cuda.get_rng_state(r.device) if r.device.type == "cuda" else None,
             loop=loop, args=vars(r.args))

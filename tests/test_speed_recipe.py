@@ -1,0 +1,137 @@
+"""The speed-record recipe (fast_cnn_muon): alternating flips, reflected shifts, Muon for the filters with SGD
+for the rest, the whitening bias trained early only; each reproducible from (seed, epoch, batch) and resumable."""
+
+import argparse
+
+import pandas as pd
+import pytest
+import torch
+
+from cifarkit import models, train
+from cifarkit.augment import RECIPES, alternating_flips
+from cifarkit.loader import DeviceLoader, Normalize
+from cifarkit.predict import evaluate
+
+from conftest import load_script, resumes_as_if_never_stopped
+
+SMALL = ["--train-per-class", "9", "--val-per-class", "3", "--device", "cpu", "-b", "16", "--no-amp"]
+NARROW = ["--model", "fast_cnn_muon", "--model-kwargs", "widths=(16,32,32)"]
+
+
+def test_alternating_flips_show_every_image_both_ways_in_two_epochs():
+    order = torch.randperm(1000, generator=torch.Generator().manual_seed(5))
+    e1, e2, e3 = (alternating_flips(7, epoch, order) for epoch in (1, 2, 3))
+    assert e1.shape == (1000,) and set(e1.tolist()) == {0, 1}
+    assert torch.equal(e1 + e2, torch.ones(1000, dtype=torch.long)) and torch.equal(e1, e3)
+    assert 0.45 < e1.float().mean().item() < 0.55
+    # a flag belongs to the image, not to its place in the epoch's order
+    assert torch.equal(alternating_flips(7, 1, torch.arange(1000))[order], e1)
+    assert torch.equal(alternating_flips(7, 1, order), e1) and not torch.equal(alternating_flips(8, 1, order), e1)
+
+
+def shift_loader(images, seed=0):
+    norm = Normalize([0, 0, 0], [1 / 255] * 3, "cpu")  # identity: the batches come back in pixel levels
+    return DeviceLoader(images.permute(0, 2, 3, 1).numpy(), torch.arange(len(images)).numpy(), 16, norm, "cpu",
+                        RECIPES["shift_altflip"], shuffle=True, seed=seed)
+
+
+def test_shift_altflip_batches_are_reflected_shifts_mirrored_by_epoch():
+    """Each batch image is a window of its reflect-padded source, shifted by at most 2 px (no zero border), with
+    the left-dark/right-bright pattern telling its mirror, which flips every epoch; batches re-made from (seed,
+    epoch, start) are the same."""
+    n = 64
+    images = torch.full((n, 3, 32, 32), 200, dtype=torch.uint8)
+    images[..., :16] = 20  # dark left half
+    images += torch.randint(0, 10, (n, 3, 32, 32), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    loader = shift_loader(images)
+    mirrored = {}
+    for epoch in (1, 2):
+        for x, idx in loader.batches(epoch):
+            assert x.shape == (len(idx), 3, 32, 32) and x.min() >= 20
+            padded = torch.nn.functional.pad(images[idx].float(), (2, 2, 2, 2), mode="reflect")
+            for img, src in zip(x, padded):
+                windows = src.unfold(1, 32, 1).unfold(2, 32, 1)  # C, 5, 5, 32, 32
+                either = (windows == img[:, None, None]) | (windows == img.flip(2)[:, None, None])
+                assert either.all(dim=(0, 3, 4)).any(), "not a shift of at most 2 px of the reflect-padded image"
+            left_bright = x[..., :14].mean((1, 2, 3)) > x[..., 18:].mean((1, 2, 3))
+            mirrored.update({(epoch, int(i)): bool(m) for i, m in zip(idx, left_bright)})
+    assert all(mirrored[1, i] != mirrored[2, i] for i in range(n))
+    assert 0.3 < sum(mirrored[1, i] for i in range(n)) / n < 0.7
+    whole = list(loader.batches(2))
+    for (a, ia), (b, ib) in zip(whole[2:], shift_loader(images).batches(2, start=2)):
+        assert torch.equal(a, b) and torch.equal(ia, ib)
+    other = list(shift_loader(images, seed=1).batches(2))
+    assert not all(torch.equal(a[1], b[1]) for a, b in zip(whole, other))
+
+
+def muon_args(**kw):
+    return argparse.Namespace(**dict(dict(optimizer="muon", lr=0.24, batch_size=2000, weight_decay=2e-6,
+                                          backbone_lr_scale=1.0, warmup=0.0), **kw))
+
+
+def test_muon_for_the_filters_sgd_for_the_rest_at_per_image_rates():
+    model = models.create("fast_cnn_muon", 10)
+    sgd, muon = train.optimizers(model, "head", muon_args())
+    filters = [p for n, p in model.named_parameters() if p.ndim == 4 and n != "whiten.weight"]
+    assert [id(p) for g in muon.param_groups for p in g["params"]] == [id(p) for p in filters]
+    groups = {("head" if g["params"][0] is model.head.weight else "whiten" if g["params"][0] is model.whiten.bias
+               else "bias"): g for g in sgd.param_groups}
+    assert groups["head"]["lr_scale"] * 0.24 == pytest.approx(0.67 * 2000)
+    assert groups["bias"]["lr_scale"] * 0.24 == pytest.approx(0.053 * 2000)
+    assert groups["bias"]["weight_decay"] * 0.053 == pytest.approx(2e-6)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    in_some = [id(p) for opt in (sgd, muon) for g in opt.param_groups for p in g["params"]]
+    assert sorted(in_some) == sorted(id(p) for p in trained)  # each trainable parameter once
+    assert not any(m.weight.requires_grad for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+    # the whitening bias runs its schedule in the first 3/8 of the run, then stays at 0; the rest decay to 1
+    for progress, whiten, head in ((0.0, 1.0, 1.0), (0.1875, 0.5, 0.8125), (0.5, 0.0, 0.5), (0.99, 0.0, 0.01)):
+        lr = train.set_lr([sgd, muon], muon_args(), progress)
+        assert lr == pytest.approx(0.24 * head)
+        assert groups["whiten"]["lr"] == pytest.approx(0.053 * 2000 * whiten)
+        assert groups["head"]["lr"] == pytest.approx(0.67 * 2000 * head)
+        assert muon.param_groups[0]["lr"] == pytest.approx(0.24 * head)
+
+
+def test_muon_step_holds_each_filter_bank_at_norm_sqrt_outputs():
+    model = models.create("fast_cnn_muon", 10, model_kwargs=dict(widths=(16, 32, 32)))
+    sgd, muon = train.optimizers(model, "head", muon_args(batch_size=8))
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    before = [p.detach().clone() for p in muon.param_groups[0]["params"]]
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    muon.param_groups[0]["lr"] = 0.0
+    muon.step()
+    for p, b in zip(muon.param_groups[0]["params"], before):
+        assert p.norm().item() == pytest.approx(len(p) ** 0.5, rel=1e-5)
+        assert torch.allclose(p, b * len(p) ** 0.5 / b.norm())  # rescaled, nothing else
+    muon.param_groups[0]["lr"] = 0.1
+    muon.step()
+    assert not any(torch.allclose(p, b * len(p) ** 0.5 / b.norm()) for p, b in zip(muon.param_groups[0]["params"],
+                                                                                    before))
+
+
+def test_fast_cnn_muon_classifies_10_and_100_classes():
+    for k in (10, 100):
+        assert models.create("fast_cnn_muon", k)(torch.randn(2, 3, 32, 32)).shape == (2, k)
+
+
+def test_fast_cnn_muon_learns_and_resumes_exactly(cifar10_dir, train_main, capsys, tmp_path):
+    """Stopped after epoch 1 and resumed (Muon's and SGD's momentum from last.pt), the run logs what the
+    uninterrupted one does; the whitening bias stops changing once its share of the run is over."""
+    common = ["--dataset", "cifar10", "--data-dir", str(cifar10_dir), *SMALL, *NARROW, "--epochs", "4"]
+    whole = resumes_as_if_never_stopped(train_main, capsys, common, tmp_path / "runs")
+    assert whole["train_acc"].iloc[-1] > 0.3  # chance is 0.1
+
+    r = train.setup(_parse([*common, "--experiment", "bias"]))
+    assert r.args.optimizer == "muon" and len(r.opts) == 2
+    biases = [r.model.whiten.bias.detach().clone()]
+    for _ in range(4):
+        train.train_one_epoch(r, train.Writer(r))
+        r.state.next_epoch()
+        biases.append(r.model.whiten.bias.detach().clone())
+    assert not torch.equal(biases[0], biases[1]) and not torch.equal(biases[1], biases[2])  # it trains early
+    assert torch.equal(biases[2], biases[4])  # 3/8 of 4 epochs: nothing moves it after the middle of epoch 2
+
+
+def _parse(argv):
+    return load_script("train").parser().parse_args(argv)
