@@ -53,6 +53,9 @@ Why this ResNet18 stem
 The CIFAR ResNet-18 on a GPU
 - "3x3 stride-1 stem, no max-pool, BasicBlocks [2,2,2,2], widths 64-128-256-512, 11.2M parameters" ->
   test_scratch_models.py::test_resnet18_cifar_is_the_standard_one
+The speed recipe: fast_cnn_muon
+- Muon for the filters at norm sqrt(outputs) (in fp32 where the CPU lacks native bf16), SGD at per-image rates, the
+  whitening bias's 3/8, `shift_altflip`, exact resume -> test_speed_recipe.py
 Predicting
 - "writes `submissions/submission.csv` ... and checks the file"; "`--score` prints accuracy against `solution.csv`" ->
   test_train_predict.py::test_predict_writes_the_models_argmax_and_scores_it

@@ -105,9 +105,12 @@ def test_muon_step_holds_each_filter_bank_at_norm_sqrt_outputs():
         assert p.norm().item() == pytest.approx(len(p) ** 0.5, rel=1e-5)
         assert torch.allclose(p, b * len(p) ** 0.5 / b.norm())  # rescaled, nothing else
     muon.param_groups[0]["lr"] = 0.1
+    held = muon.param_groups[0]["params"][0]
+    held.grad, kept = None, held.detach().clone()  # a filter held this step (--freeze-epochs) is left as it is
     muon.step()
-    assert not any(torch.allclose(p, b * len(p) ** 0.5 / b.norm()) for p, b in zip(muon.param_groups[0]["params"],
-                                                                                    before))
+    assert torch.equal(held, kept)
+    assert not any(torch.allclose(p, b * len(p) ** 0.5 / b.norm())  # the others moved
+                   for p, b in zip(muon.param_groups[0]["params"][1:], before[1:]))
 
 
 def test_fast_cnn_muon_classifies_10_and_100_classes():
@@ -135,3 +138,24 @@ def test_fast_cnn_muon_learns_and_resumes_exactly(cifar10_dir, train_main, capsy
 
 def _parse(argv):
     return load_script("train").parser().parse_args(argv)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_muon_orthogonalises_in_fp32_where_the_cpu_lacks_native_bf16(monkeypatch, native):
+    """timm orthogonalises in bf16, emulated (10x slower) on a CPU without native bf16: there the step is the
+    fp32 Newton-Schulz update to float rounding; with native bf16 it is timm's own bf16 one."""
+    import timm.optim.muon as timm_muon
+
+    from cifarkit import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    conv = torch.nn.Conv2d(64, 128, 3, bias=False)
+    conv.weight.grad = torch.randn_like(conv.weight)
+    (muon,) = train.optimizers(conv, "none", muon_args())
+    start = conv.weight.detach() * 128 ** 0.5 / conv.weight.detach().norm()
+    muon.step()
+    ortho = timm_muon.zeropower_via_newtonschulz(conv.weight.grad.reshape(128, -1), 3,
+                                                 timm_muon._COEFFICIENTS["original"], dtype=torch.float32)
+    fp32_step = start - 0.24 * ortho.view_as(start)
+    off = (conv.weight.detach() - fp32_step).abs().max().item()
+    assert off < 1e-5 if not native else off > 1e-4

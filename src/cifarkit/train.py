@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 import pandas as pd
@@ -164,7 +165,7 @@ class Run:
     model: nn.Module  # the network itself: checkpoints and EMA read it
     train_model: nn.Module  # what the steps call: the same network, DDP-wrapped and/or compiled
     ema: object
-    opts: list  # the SGD optimizer, and Muon's for the filters with --optimizer muon
+    opts: list  # SGD; for a Muon model (optimizer="muon" in its registry entry) also Muon, for the filters
     scaler: torch.amp.GradScaler
     train_loader: object
     val_loader: DeviceLoader
@@ -365,8 +366,8 @@ def param_groups(model, head, weight_decay, backbone_scale):
 
 
 def optimizers(model, head, args):
-    """[SGD] with Nesterov momentum for every trainable parameter, or with --optimizer muon (the registry's
-    `optimizer`) [SGD for biases and the classifier, Muon for the conv filters], rates as in MUON."""
+    """[SGD] with Nesterov momentum for every trainable parameter; for a model whose registry entry says
+    optimizer="muon", [SGD for biases and the classifier, Muon for the conv filters], rates as in MUON."""
     if args.optimizer == "sgd":
         return [torch.optim.SGD(param_groups(model, head, args.weight_decay, args.backbone_lr_scale), lr=args.lr,
                                 momentum=0.9, nesterov=True)]
@@ -385,27 +386,34 @@ def optimizers(model, head, args):
         sgd.append(dict(params=ps, lr_scale=per_image * args.batch_size / args.lr,
                         weight_decay=args.weight_decay / per_image,
                         until=MUON["whiten_share"] if kind == "whiten" else 1.0))
-    return [torch.optim.SGD(sgd, lr=args.lr, momentum=MUON["sgd_momentum"], nesterov=True),
-            normed_muon()([dict(params=filters, lr_scale=1.0)], lr=args.lr, momentum=MUON["momentum"],
-                          nesterov=True, ns_steps=MUON["ns_steps"], ns_coefficients="original",
-                          adjust_lr_fn="original")]
+    opts = [torch.optim.SGD(sgd, lr=args.lr, momentum=MUON["sgd_momentum"], nesterov=True)] if sgd else []
+    if filters:
+        opts.append(normed_muon()([dict(params=filters, lr_scale=1.0)], lr=args.lr, momentum=MUON["momentum"],
+                                  nesterov=True, ns_steps=MUON["ns_steps"], ns_coefficients="original",
+                                  adjust_lr_fn="original"))
+    return opts
 
 
 def normed_muon():
     """The class, built on first use: importing timm.optim takes seconds."""
-    from timm.optim import Muon
+    import timm.optim.muon as timm_muon
 
-    class NormedMuon(Muon):
+    class NormedMuon(timm_muon.Muon):
         """timm's Muon, each filter bank first rescaled to norm sqrt(output channels), as airbench94_muon does:
         batch norm follows every conv, so the scale carries nothing, and a fixed one keeps the step's size
-        relative to the weights the same all run."""
+        relative to the weights the same all run. timm orthogonalises in bf16, which a CPU without native bf16
+        emulates (2.8 s a step for fast_cnn's filters on a 2-core AMD EPYC Zen 3): there it runs in fp32."""
 
         @torch.no_grad()
         def step(self, closure=None):
-            for g in self.param_groups:
-                for p in g["params"]:
-                    p.mul_(len(p) ** 0.5 / p.norm())
-            return super().step(closure)
+            params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]  # not held ones
+            for p in params:
+                p.mul_(len(p) ** 0.5 / p.norm())
+            if not params or params[0].device.type != "cpu" or runtime.cpu_has_native_bf16():
+                return super().step(closure)
+            fp32 = partial(timm_muon.zeropower_via_newtonschulz, dtype=torch.float32)
+            with patch.object(timm_muon, "zeropower_via_newtonschulz", fp32):
+                return super().step(closure)
 
     return NormedMuon
 
