@@ -113,9 +113,11 @@ def test_muon_step_holds_each_filter_bank_at_norm_sqrt_outputs():
                    for p, b in zip(muon.param_groups[0]["params"][1:], before[1:]))
 
 
-def test_fast_cnn_muon_classifies_10_and_100_classes():
+@pytest.mark.parametrize("name, params", [("fast_cnn_muon", 1_972_792), ("fast_cnn_s_muon", 1_161_272)])
+def test_muon_models_classify_10_and_100_classes(name, params):
     for k in (10, 100):
-        assert models.create("fast_cnn_muon", k)(torch.randn(2, 3, 32, 32)).shape == (2, k)
+        assert models.create(name, k)(torch.randn(2, 3, 32, 32)).shape == (2, k)
+    assert sum(p.numel() for p in models.create(name, 10).parameters()) == params
 
 
 def test_fast_cnn_muon_learns_and_resumes_exactly(cifar10_dir, train_main, capsys, tmp_path):

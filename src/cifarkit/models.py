@@ -181,14 +181,24 @@ def fast_cnn_s(num_classes):
     return FastNet(num_classes, widths=(64, 128, 256))
 
 
-@register(epochs=8, lr=0.24, batch_size=2000, weight_decay=2e-6, aug="shift_altflip", label_smoothing=0.2,
-          ema=False, optimizer="muon", warmup=0.0)
+MUON_DEFAULTS = dict(epochs=8, lr=0.24, batch_size=2000, weight_decay=2e-6, aug="shift_altflip", label_smoothing=0.2,
+                     ema=False, optimizer="muon", warmup=0.0)
+
+
+@register(**MUON_DEFAULTS)
 def fast_cnn_muon(num_classes, widths=(64, 256, 256)):
     """fast_cnn trained as the CIFAR-10 speed record trains it (airbench94_muon): Muon for the filters, batches of
     2000, shifts of 2 px and flips that alternate by epoch; batch norm without a trainable scale, the head
     started at std 1 and scaled by 1/width, as the record's rates expect (see train.MUON)."""
     return FastNet(num_classes, widths, group=partial(ConvGroup, bn_weight=False), logit_scale=1 / widths[-1],
                    head_std=1.0)
+
+
+@register(**MUON_DEFAULTS)
+def fast_cnn_s_muon(num_classes, widths=(64, 128, 256)):
+    """The record's recipe at fast_cnn_s's widths, for CPUs: 1.7x its images/s, and 89.7% CIFAR-10 test against
+    87.1% for fast_cnn_muon in 900 s on a 2-core AMD EPYC (README, 'The speed recipe')."""
+    return fast_cnn_muon(num_classes, widths)
 
 
 @register(epochs=10, lr=0.2, batch_size=256, weight_decay=5e-4, aug="crop_flip", label_smoothing=0.2, ema=True)
