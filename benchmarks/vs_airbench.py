@@ -50,8 +50,8 @@ def run_peer(peer, data_dir, epochs):
 
 
 def predict_costs(run):
-    """(TTA, seconds of predict.py's whole path on the 10,000 test images, accuracy) for each TTA choice, with
-    the checkpoint of `run`: what TTA costs and buys."""
+    """(TTA, seconds of predict.py's path in this process on the 10,000 test images, accuracy) for each TTA
+    choice, with the checkpoint of `run`: what TTA costs and buys."""
     rows = []
     for tta in ["none", *predict.TTA]:
         sub = run / f"submission-tta-{tta}.csv"
@@ -116,8 +116,8 @@ def main():
     first = min(reached, key=lambda r: r["total"]) if reached else None
     print("\nours to 94.0%: " + (f"{first['total']:.0f} s, {first['total'] / peer_s:.2f} x the peer's {peer_s:.0f} s"
                                if first else "not reached in these budgets"))
-    print(f"\npredict.py on the 10,000 test images with the last run's checkpoint ({rows[-1]['name']}), whole "
-          f"command path (checkpoint, model, inference, checked CSV):")
+    print(f"\npredict.py on the 10,000 test images with the last run's checkpoint ({rows[-1]['name']}): its path "
+          f"in this process (checkpoint, model, inference, checked CSV; no Python start-up):")
     for tta, seconds, acc in predict_costs(rows[-1]["run"]):
         print(f"  TTA {tta:10s} {seconds:5.1f} s  {acc:.2%}")
 
