@@ -52,6 +52,7 @@ def run_peer(peer, data_dir, epochs):
 def predict_costs(run):
     """(TTA, seconds of predict.py's path in this process on the 10,000 test images, accuracy) for each TTA
     choice, with the checkpoint of `run`: what TTA costs and buys."""
+    solution = Path(pd.read_json(run / "config.json", typ="series")["split_dir"]) / "solution.csv"
     rows = []
     for tta in ["none", *predict.TTA]:
         sub = run / f"submission-tta-{tta}.csv"
@@ -59,8 +60,7 @@ def predict_costs(run):
         labels = predict.run(predict_cli.parser().parse_args(
             ["--checkpoint", str(run / "best.pt"), "--submission", str(sub)] + ([] if tta == "none" else ["--tta", tta])))
         seconds = time.perf_counter() - t0
-        split_dir = pd.read_json(run / "config.json", typ="series")["split_dir"]
-        rows.append((tta, seconds, predict.score(labels, Path(split_dir) / "solution.csv")))
+        rows.append((tta, seconds, predict.score(labels, solution)))
     return rows
 
 

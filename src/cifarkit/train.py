@@ -404,12 +404,18 @@ def normed_muon():
         relative to the weights the same all run. timm orthogonalises in bf16, which a CPU without native bf16
         emulates (2.8 s a step for fast_cnn's filters on a 2-core AMD EPYC Zen 3): there it runs in fp32."""
 
+        def __init__(self, params, **kwargs):
+            super().__init__(params, **kwargs)
+            first = self.param_groups[0]["params"][0]  # decided once: the CPU check reads /proc/cpuinfo
+            self.fp32 = first.device.type == "cpu" and not runtime.cpu_has_native_bf16()
+
         @torch.no_grad()
         def step(self, closure=None):
-            params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]  # not held ones
-            for p in params:
-                p.mul_(len(p) ** 0.5 / p.norm())
-            if not params or params[0].device.type != "cpu" or runtime.cpu_has_native_bf16():
+            for g in self.param_groups:
+                for p in g["params"]:
+                    if p.grad is not None:  # not a filter held this step (--freeze-epochs)
+                        p.mul_(len(p) ** 0.5 / p.norm())
+            if not self.fp32:
                 return super().step(closure)
             fp32 = partial(timm_muon.zeropower_via_newtonschulz, dtype=torch.float32)
             with patch.object(timm_muon, "zeropower_via_newtonschulz", fp32):
