@@ -5,6 +5,8 @@ Runs the peer script for its epochs (its path is an argument: it is not part of 
 with a training budget of the peer's seconds times each --fractions (1: equal time; 0.8: the
 time-to-94% target) and --time-budget (the 10-minute budget). Ours is scored from the CSV that
 predict.py writes, against the official test labels. Prints both accuracies, both times and the ratios.
+On a CPU without native bf16 (no AVX512-BF16 or AMX) the peer runs with its CPU autocast turned off, as ours
+then does: emulated bf16 trained its network 15x slower than fp32 on such a CPU (--peer-autocast on to keep it).
 The peer trains on all 50,000 training images, ours on the split's 45,000 unless --train-on-val is
 passed after --.
 
@@ -26,16 +28,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import predict as predict_cli  # noqa: E402
 import train as train_cli  # noqa: E402
 from time_to_accuracy import train_and_score  # noqa: E402
-from cifarkit import models, predict  # noqa: E402
+from cifarkit import models, predict, runtime  # noqa: E402
 from cifarkit.errors import HelpFormatter, UserError, cli  # noqa: E402
 
 RESULT = re.compile(r"TTA test accuracy ([0-9.]+), ([0-9.]+) s of training\+eval")
 
+# Runs the script in argv[1] as __main__ with every CPU autocast region turned off (fp32): the peer's file
+# stays as it is, only torch.autocast is swapped before it is imported.
+WITHOUT_CPU_AUTOCAST = """
+import runpy, sys, torch
+class Autocast(torch.autocast):
+    def __init__(self, device_type, dtype=None, enabled=True, cache_enabled=None):
+        super().__init__(device_type, dtype, enabled and device_type != "cpu", cache_enabled)
+torch.autocast = Autocast
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
-def run_peer(peer, data_dir, epochs):
+
+def run_peer(peer, data_dir, epochs, autocast=True):
     """The peer's own accuracy and seconds (training + its final TTA evaluation), from its result line;
     its output is passed through as it comes, since it runs for minutes."""
-    proc = subprocess.Popen([sys.executable, str(peer), str(data_dir), f"{epochs:g}"], stdout=subprocess.PIPE,
+    launch = [] if autocast else ["-c", WITHOUT_CPU_AUTOCAST]
+    proc = subprocess.Popen([sys.executable, *launch, str(peer), str(data_dir), f"{epochs:g}"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
     lines = []
     for line in proc.stdout:
@@ -70,6 +85,8 @@ def main():
     p.add_argument("--peer", required=True, help="the peer script (airbench94_muon_cpu.py), run as: PEER DATA EPOCHS")
     p.add_argument("--data-dir", required=True, help="folder with cifar-10-batches-py/ (the real CIFAR-10)")
     p.add_argument("--peer-epochs", type=float, default=8, help="the peer's epochs (its own default)")
+    p.add_argument("--peer-autocast", choices=["auto", "on", "off"], default="auto",
+                   help="the peer's bf16 CPU autocast: auto turns it off where the CPU has no native bf16")
     p.add_argument("--model", default="fast_cnn_muon", help="our model (see train.py --list-models)")
     p.add_argument("--fractions", type=float, nargs="*", default=[1.0, 0.8],
                    help="our training budgets as fractions of the peer's seconds")
@@ -95,7 +112,8 @@ def main():
     if unknown:
         raise UserError(f"train.py has no {' '.join(unknown)} (the flags after -- go to train.py)")
 
-    peer_acc, peer_s = run_peer(peer, data, a.peer_epochs)
+    autocast = a.peer_autocast == "on" or (a.peer_autocast == "auto" and runtime.cpu_has_native_bf16())
+    peer_acc, peer_s = run_peer(peer, data, a.peer_epochs, autocast)
     budgets = [(f"{f:g} x the peer's time", f * peer_s) for f in a.fractions]
     budgets += [(f"{a.time_budget:g} s budget", a.time_budget)] if a.time_budget else []
     rows = []
@@ -107,7 +125,7 @@ def main():
     print(f"\nCIFAR-10 test accuracy (the official test set) on {rows[0]['device']}; "
           f"the peer's seconds are its training + final TTA evaluation, ours training + predict.py (TTA {a.tta}):")
     print("| who | epochs | seconds | x the peer's time | test accuracy | vs the peer |\n|" + " --- |" * 6)
-    print(f"| peer: {peer.name} | {a.peer_epochs:g} | {peer_s:.0f} | 1.00 | {peer_acc:.2%} | |")
+    print(f"| peer: {peer.name}{'' if autocast else ', CPU autocast off (fp32)'} | {a.peer_epochs:g} | {peer_s:.0f} | 1.00 | {peer_acc:.2%} | |")
     for r in rows:
         print(f"| ours: {ours}, {r['name']} | {r['epochs']} | {r['total']:.0f} "
               f"({r['train_seconds']:.0f} + {r['predict_seconds']:.1f}) | {r['total'] / peer_s:.2f} | {r['acc']:.2%} | "

@@ -32,7 +32,7 @@ def test_both_sides_in_one_table(tmp_path):
     r = bench(tmp_path, f"import sys\nassert sys.argv[2] == '1'\nprint('epoch 1')\nprint({RESULT!r})\n")
     assert r.returncode == 0, r.stderr[-800:]
     assert "peer | epoch 1" in r.stdout  # the peer's own progress comes through
-    assert re.search(r"\| peer: peer\.py \| 1 \| 4 \| 1\.00 \| 50\.00% \|", r.stdout)
+    assert re.search(r"\| peer: peer\.py(, CPU autocast off \(fp32\))? \| 1 \| 4 \| 1\.00 \| 50\.00% \|", r.stdout)
     row = re.search(r"\| ours: simple_cnn --train-per-class 9 --val-per-class 3 --device cpu, 1 x the peer's time \| "
                     r"\d+ \| (\d+) \(\d+ \+ [0-9.]+\) \| ([0-9.]+) \| ([0-9.]+)% \| ([-+][0-9.]+) points \|", r.stdout)
     assert row, r.stdout
@@ -64,3 +64,28 @@ def test_a_flag_train_py_lacks_fails_before_the_peer_runs(tmp_path):
     r = bench(tmp_path, "open('peer-ran', 'w').close()\n", extra=["--no-such-flag"])
     assert r.returncode == 2 and "train.py has no --no-such-flag" in r.stderr, r.stderr[-800:]
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "peer-ran").exists()
+
+
+AUTOCAST_PEER = f"""
+import sys, torch
+open(sys.argv[0]).close()  # the real peer reads its own source from argv[0]
+assert __name__ == "__main__" and sys.argv[1:] == ["DATA", "2"], sys.argv
+with torch.autocast("cpu", dtype=torch.bfloat16):
+    print("autocast", torch.is_autocast_enabled("cpu"), torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype)
+print({RESULT!r})
+"""
+
+
+@pytest.mark.parametrize("autocast, seen", [(True, "autocast True torch.bfloat16"),
+                                            (False, "autocast False torch.float32")])
+def test_the_peer_runs_unchanged_with_its_cpu_autocast_on_or_off(tmp_path, capsys, autocast, seen):
+    """Where bf16 is only emulated, the peer is run in fp32 (as ours then is), its file as it is."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("vs_airbench", ROOT / "benchmarks" / "vs_airbench.py")
+    vs_airbench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vs_airbench)
+    peer = tmp_path / "peer.py"
+    peer.write_text(AUTOCAST_PEER)
+    assert vs_airbench.run_peer(peer, "DATA", 2, autocast) == (0.5, 4.0)
+    assert f"peer | {seen}\n" in capsys.readouterr().out
