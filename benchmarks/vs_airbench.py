@@ -125,7 +125,8 @@ def main():
     print(f"\nCIFAR-10 test accuracy (the official test set) on {rows[0]['device']}; "
           f"the peer's seconds are its training + final TTA evaluation, ours training + predict.py (TTA {a.tta}):")
     print("| who | epochs | seconds | x the peer's time | test accuracy | vs the peer |\n|" + " --- |" * 6)
-    print(f"| peer: {peer.name}{'' if autocast else ', CPU autocast off (fp32)'} | {a.peer_epochs:g} | {peer_s:.0f} | 1.00 | {peer_acc:.2%} | |")
+    fp32 = "" if autocast else ", CPU autocast off (fp32)"
+    print(f"| peer: {peer.name}{fp32} | {a.peer_epochs:g} | {peer_s:.0f} | 1.00 | {peer_acc:.2%} | |")
     for r in rows:
         print(f"| ours: {ours}, {r['name']} | {r['epochs']} | {r['total']:.0f} "
               f"({r['train_seconds']:.0f} + {r['predict_seconds']:.1f}) | {r['total'] / peer_s:.2f} | {r['acc']:.2%} | "
