@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -122,7 +123,8 @@ def main():
         rows.append(dict(r, name=name, total=r["train_seconds"] + r["predict_seconds"]))
 
     ours = " ".join([a.model, *a.extra])
-    print(f"\nCIFAR-10 test accuracy (the official test set) on {rows[0]['device']}; "
+    machine = runtime.device_name(torch.device(rows[0]["device"]))  # the CPU's model, for the note
+    print(f"\nCIFAR-10 test accuracy (the official test set) on {machine}; "
           f"the peer's seconds are its training + final TTA evaluation, ours training + predict.py (TTA {a.tta}):")
     print("| who | epochs | seconds | x the peer's time | test accuracy | vs the peer |\n|" + " --- |" * 6)
     fp32 = "" if autocast else ", CPU autocast off (fp32)"

@@ -32,6 +32,7 @@ def test_both_sides_in_one_table(tmp_path):
     r = bench(tmp_path, f"import sys\nassert sys.argv[2] == '1'\nprint('epoch 1')\nprint({RESULT!r})\n")
     assert r.returncode == 0, r.stderr[-800:]
     assert "peer | epoch 1" in r.stdout  # the peer's own progress comes through
+    assert "(the official test set) on CPU (" in r.stdout  # the machine by name, not "cpu"
     assert re.search(r"\| peer: peer\.py(, CPU autocast off \(fp32\))? \| 1 \| 4 \| 1\.00 \| 50\.00% \|", r.stdout)
     row = re.search(r"\| ours: simple_cnn --train-per-class 9 --val-per-class 3 --device cpu, 1 x the peer's time \| "
                     r"\d+ \| (\d+) \(\d+ \+ [0-9.]+\) \| ([0-9.]+) \| ([0-9.]+)% \| ([-+][0-9.]+) points \|", r.stdout)
