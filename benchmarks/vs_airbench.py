@@ -12,6 +12,9 @@ passed after --.
 
     python benchmarks/vs_airbench.py --peer ../shared/peers/airbench94_muon_cpu.py --data-dir ../shared/data
     python benchmarks/vs_airbench.py --peer PEER --data-dir ../shared/data -- --train-on-val   # 50,000 images, as the peer
+
+The peer's output is kept in --output/peer-<time>.log. Its epochs take minutes to hours on a CPU, so to try more of
+ours against it later on the same machine, pass its figures from that log with --peer-result ACCURACY SECONDS.
 """
 
 import argparse
@@ -30,6 +33,7 @@ import predict as predict_cli  # noqa: E402
 import train as train_cli  # noqa: E402
 from time_to_accuracy import train_and_score  # noqa: E402
 from cifarkit import models, predict, runtime  # noqa: E402
+from cifarkit.atomic import atomic_path  # noqa: E402
 from cifarkit.errors import HelpFormatter, UserError, cli  # noqa: E402
 
 RESULT = re.compile(r"TTA test accuracy ([0-9.]+), ([0-9.]+) s of training\+eval")
@@ -47,9 +51,10 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def run_peer(peer, data_dir, epochs, autocast=True):
+def run_peer(peer, data_dir, epochs, autocast=True, log=None):
     """The peer's own accuracy and seconds (training + its final TTA evaluation), from its result line;
-    its output is passed through as it comes, since it runs for minutes."""
+    its output is passed through as it comes, since it runs for minutes, and kept in `log` once it has given
+    its result."""
     launch = [] if autocast else ["-c", WITHOUT_CPU_AUTOCAST]
     proc = subprocess.Popen([sys.executable, *launch, str(peer), str(data_dir), f"{epochs:g}"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -62,6 +67,9 @@ def run_peer(peer, data_dir, epochs, autocast=True):
     found = [m for m in map(RESULT.search, lines) if m]
     if not found:
         raise UserError(f"the peer {peer} printed no result line ('TTA test accuracy A, S s of training+eval')")
+    if log is not None:
+        with atomic_path(log) as tmp:
+            tmp.write_text("".join(f"{line}\n" for line in lines))
     return float(found[-1][1]), float(found[-1][2])
 
 
@@ -88,6 +96,9 @@ def main():
     p.add_argument("--peer-epochs", type=float, default=8, help="the peer's epochs (its own default)")
     p.add_argument("--peer-autocast", choices=["auto", "on", "off"], default="auto",
                    help="the peer's bf16 CPU autocast: auto turns it off where the CPU has no native bf16")
+    p.add_argument("--peer-result", type=float, nargs=2, metavar=("ACCURACY", "SECONDS"),
+                   help="the peer's figures from an earlier run on this machine (its result line, e.g. 0.9388 4466): "
+                        "the peer is not run again")
     p.add_argument("--model", default="fast_cnn_muon", help="our model (see train.py --list-models)")
     p.add_argument("--fractions", type=float, nargs="*", default=[1.0, 0.8],
                    help="our training budgets as fractions of the peer's seconds")
@@ -102,6 +113,9 @@ def main():
         raise UserError(f"--peer {peer}: no such file")
     if not (data / "cifar-10-batches-py").is_dir():
         raise UserError(f"--data-dir {data}: no cifar-10-batches-py/ folder in it")
+    if a.peer_result and not (0 <= a.peer_result[0] <= 1 and a.peer_result[1] > 0):
+        raise UserError("--peer-result ACCURACY SECONDS: an accuracy from 0 to 1 and seconds above 0, "
+                        "as the peer's result line prints them")
     if a.peer_epochs <= 0 or any(f <= 0 for f in a.fractions) or a.time_budget < 0:
         raise UserError("--peer-epochs and --fractions must be positive, --time-budget 0 or more")
     if any(f == "--experiment" or f.startswith("--experiment=") for f in a.extra):
@@ -114,7 +128,12 @@ def main():
         raise UserError(f"train.py has no {' '.join(unknown)} (the flags after -- go to train.py)")
 
     autocast = a.peer_autocast == "on" or (a.peer_autocast == "auto" and runtime.cpu_has_native_bf16())
-    peer_acc, peer_s = run_peer(peer, data, a.peer_epochs, autocast)
+    if a.peer_result:
+        peer_acc, peer_s = a.peer_result
+    else:
+        log = Path(a.output) / f"peer-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        peer_acc, peer_s = run_peer(peer, data, a.peer_epochs, autocast, log)
+        print(f"kept the peer's output in {log}")
     budgets = [(f"{f:g} x the peer's time", f * peer_s) for f in a.fractions]
     budgets += [(f"{a.time_budget:g} s budget", a.time_budget)] if a.time_budget else []
     rows = []
@@ -128,7 +147,8 @@ def main():
           f"the peer's seconds are its training + final TTA evaluation, ours training + predict.py (TTA {a.tta}):")
     print("| who | epochs | seconds | x the peer's time | test accuracy | vs the peer |\n|" + " --- |" * 6)
     fp32 = "" if autocast else ", CPU autocast off (fp32)"
-    print(f"| peer: {peer.name}{fp32} | {a.peer_epochs:g} | {peer_s:.0f} | 1.00 | {peer_acc:.2%} | |")
+    given = ", an earlier run's figures (--peer-result)" if a.peer_result else ""
+    print(f"| peer: {peer.name}{fp32}{given} | {a.peer_epochs:g} | {peer_s:.0f} | 1.00 | {peer_acc:.2%} | |")
     for r in rows:
         print(f"| ours: {ours}, {r['name']} | {r['epochs']} | {r['total']:.0f} "
               f"({r['train_seconds']:.0f} + {r['predict_seconds']:.1f}) | {r['total'] / peer_s:.2f} | {r['acc']:.2%} | "

@@ -15,14 +15,14 @@ from conftest import ROOT, write_cifar10
 RESULT = "airbench94_muon (CPU port): 1 epochs, TTA test accuracy 0.5000, 4.0 s of training+eval"
 
 
-def bench(tmp_path, peer_source, extra=()):
+def bench(tmp_path, peer_source, extra=(), options=()):
     data = tmp_path / "data"
     write_cifar10(data)
     peer = tmp_path / "peer.py"
     peer.write_text(peer_source)
     argv = [sys.executable, str(ROOT / "benchmarks" / "vs_airbench.py"), "--peer", str(peer), "--data-dir", str(data),
             "--peer-epochs", "1", "--model", "simple_cnn", "--fractions", "1", "--time-budget", "0", "--tta", "none",
-            "--output", "runs",
+            "--output", "runs", *options,
             "--", "--train-per-class", "9", "--val-per-class", "3", "--device", "cpu", *extra]
     return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"), "HOME": str(tmp_path)})
@@ -32,6 +32,8 @@ def test_both_sides_in_one_table(tmp_path):
     r = bench(tmp_path, f"import sys\nassert sys.argv[2] == '1'\nprint('epoch 1')\nprint({RESULT!r})\n")
     assert r.returncode == 0, r.stderr[-800:]
     assert "peer | epoch 1" in r.stdout  # the peer's own progress comes through
+    (log,) = (tmp_path / "runs").glob("peer-*.log")  # and is kept, for --peer-result later
+    assert log.read_text() == f"epoch 1\n{RESULT}\n" and f"kept the peer's output in runs/{log.name}" in r.stdout
     assert "(the official test set) on CPU (" in r.stdout  # the machine by name, not "cpu"
     assert re.search(r"\| peer: peer\.py(, CPU autocast off \(fp32\))? \| 1 \| 4 \| 1\.00 \| 50\.00% \|", r.stdout)
     row = re.search(r"\| ours: simple_cnn --train-per-class 9 --val-per-class 3 --device cpu, 1 x the peer's time \| "
@@ -59,6 +61,23 @@ def test_a_failing_peer_is_one_line_and_nothing_of_ours_runs(tmp_path, source, m
     r = bench(tmp_path, source)
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-800:]
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_earlier_peer_result_is_used_and_the_peer_not_run_again(tmp_path):
+    r = bench(tmp_path, "open('peer-ran', 'w').close()\n", options=["--peer-result", "0.25", "8"])
+    assert r.returncode == 0, r.stderr[-800:]
+    assert not (tmp_path / "peer-ran").exists() and not list((tmp_path / "runs").glob("peer-*.log"))
+    assert re.search(r"\| peer: peer\.py(, CPU autocast off \(fp32\))?, an earlier run's figures \(--peer-result\) \| "
+                     r"1 \| 8 \| 1\.00 \| 25\.00% \|", r.stdout), r.stdout
+    row = re.search(r"1 x the peer's time \| \d+ \| (\d+) \(\d+ \+ [0-9.]+\) \| ([0-9.]+) \|", r.stdout)
+    assert float(row[2]) == pytest.approx(float(row[1]) / 8, abs=0.07)
+
+
+@pytest.mark.parametrize("given", [["1.5", "8"], ["0.9", "0"]])
+def test_a_peer_result_out_of_range_is_one_line(tmp_path, given):
+    r = bench(tmp_path, "open('peer-ran', 'w').close()\n", options=["--peer-result", *given])
+    assert r.returncode == 2 and "--peer-result ACCURACY SECONDS" in r.stderr, r.stderr[-800:]
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
 
 
 def test_a_flag_train_py_lacks_fails_before_the_peer_runs(tmp_path):
