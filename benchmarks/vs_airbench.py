@@ -99,7 +99,8 @@ def main():
     p.add_argument("--peer-result", type=float, nargs=2, metavar=("ACCURACY", "SECONDS"),
                    help="the peer's figures from an earlier run on this machine (its result line, e.g. 0.9388 4466): "
                         "the peer is not run again")
-    p.add_argument("--model", default="fast_cnn_muon", help="our model (see train.py --list-models)")
+    p.add_argument("--model", help="our model (see train.py --list-models); by default the recipe at the record's "
+                                    "widths (fast_cnn_muon) on a GPU, at CPU widths (fast_cnn_s_muon) on a CPU")
     p.add_argument("--fractions", type=float, nargs="*", default=[1.0, 0.8],
                    help="our training budgets as fractions of the peer's seconds")
     p.add_argument("--time-budget", type=float, default=600, help="one more budget in seconds for ours (0: none)")
@@ -122,10 +123,14 @@ def main():
         raise UserError("--experiment: this benchmark names its runs itself (a dated folder each, under --output)")
     if not a.fractions and not a.time_budget:
         raise UserError("nothing of ours to run: give --fractions or a --time-budget above 0")
-    models.entry(a.model)  # an unknown model or train.py flag fails now, not after the peer's minutes
-    _, unknown = train_cli.parser().parse_known_args(["--dataset", "cifar10", "--data-dir", str(data), *a.extra])
+    # an unknown train.py flag or model fails now, not after the peer's minutes
+    train_args, unknown = train_cli.parser().parse_known_args(["--dataset", "cifar10", "--data-dir", str(data),
+                                                               *a.extra])
     if unknown:
         raise UserError(f"train.py has no {' '.join(unknown)} (the flags after -- go to train.py)")
+    on_gpu = runtime.pick_device(train_args.device).type == "cuda"
+    a.model = a.model or ("fast_cnn_muon" if on_gpu else "fast_cnn_s_muon")
+    models.entry(a.model)
 
     autocast = a.peer_autocast == "on" or (a.peer_autocast == "auto" and runtime.cpu_has_native_bf16())
     if a.peer_result:

@@ -15,14 +15,14 @@ from conftest import ROOT, write_cifar10
 RESULT = "airbench94_muon (CPU port): 1 epochs, TTA test accuracy 0.5000, 4.0 s of training+eval"
 
 
-def bench(tmp_path, peer_source, extra=(), options=()):
+def bench(tmp_path, peer_source, extra=(), options=(), model="simple_cnn"):
     data = tmp_path / "data"
     write_cifar10(data)
     peer = tmp_path / "peer.py"
     peer.write_text(peer_source)
     argv = [sys.executable, str(ROOT / "benchmarks" / "vs_airbench.py"), "--peer", str(peer), "--data-dir", str(data),
-            "--peer-epochs", "1", "--model", "simple_cnn", "--fractions", "1", "--time-budget", "0", "--tta", "none",
-            "--output", "runs", *options,
+            "--peer-epochs", "1", *(["--model", model] if model else []), "--fractions", "1", "--time-budget", "0",
+            "--tta", "none", "--output", "runs", *options,
             "--", "--train-per-class", "9", "--val-per-class", "3", "--device", "cpu", *extra]
     return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"), "HOME": str(tmp_path)})
@@ -64,8 +64,9 @@ def test_a_failing_peer_is_one_line_and_nothing_of_ours_runs(tmp_path, source, m
 
 
 def test_an_earlier_peer_result_is_used_and_the_peer_not_run_again(tmp_path):
-    r = bench(tmp_path, "open('peer-ran', 'w').close()\n", options=["--peer-result", "0.25", "8"])
+    r = bench(tmp_path, "open('peer-ran', 'w').close()\n", options=["--peer-result", "0.25", "8"], model=None)
     assert r.returncode == 0, r.stderr[-800:]
+    assert "| ours: fast_cnn_s_muon --train-per-class" in r.stdout  # without --model, the recipe at CPU widths
     assert not (tmp_path / "peer-ran").exists() and not list((tmp_path / "runs").glob("peer-*.log"))
     assert re.search(r"\| peer: peer\.py(, CPU autocast off \(fp32\))?, an earlier run's figures \(--peer-result\) \| "
                      r"1 \| 8 \| 1\.00 \| 25\.00% \|", r.stdout), r.stdout
