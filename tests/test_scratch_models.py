@@ -118,6 +118,17 @@ def test_bad_model_kwargs_one_line(name, kwargs, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("kwargs, message", [(["widths=3"], "widths=3 is not valid for deep_cnn"),
+                                             (["widths=(8,8,8,8,8,8)"], "do not fit deep_cnn")])
+def test_bad_model_kwargs_refused_before_the_split_is_written(kwargs, message, tmp_path, train_main, capsys):
+    """Offline with no data, the model's mistake is the one reported, and nothing is written."""
+    argv = ["--dataset", "cifar10", "--model", "deep_cnn", "--data-dir", str(tmp_path / "empty"), "--device", "cpu",
+            "--model-kwargs", *kwargs]
+    code, out, err = run_cli(train_main, argv, capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("name", NEW)
 def test_one_epoch_and_predict_round_trip(name, cifar10_dir, train_main, predict_main, capsys, tmp_path):
     """Each new entry trains through the train CLI with its own defaults and comes back through predict."""

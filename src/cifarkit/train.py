@@ -94,10 +94,11 @@ def resolve(args):
     if args.frozen_stages and not has_weights:
         raise UserError("--frozen-stages holds the first layers as they start: it needs weights to start from "
                         "(pretrained or --initial-checkpoint)")
-    if args.frozen_stages:  # refused now, before the split is written; the meta device allocates nothing
+    if args.model_kwargs or args.frozen_stages:  # refused now, before the split is written; meta allocates nothing
         with torch.device("meta"):
-            models.stem_modules(models.create(args.model, 10, model_kwargs=args.model_kwargs), args.model,
-                                args.frozen_stages)
+            model = models.create(args.model, 10, model_kwargs=args.model_kwargs)
+            if args.frozen_stages:
+                models.stem_modules(model, args.model, args.frozen_stages)
     if not 0 < args.backbone_lr_scale <= 1:
         raise UserError("--backbone-lr-scale must be in (0, 1]")
     if args.mixup < 0 or args.cutmix < 0:
