@@ -16,6 +16,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import torch
@@ -26,25 +27,27 @@ import predict as predict_cli  # noqa: E402
 import train as train_cli  # noqa: E402
 from cifarkit import models, predict, runtime  # noqa: E402
 from cifarkit.errors import HelpFormatter, UserError, cli  # noqa: E402
-from cifarkit.train import fit  # noqa: E402
+from cifarkit.train import GLOBAL_DEFAULTS, fit, optimizers  # noqa: E402
 
 
 def train_speed(name, seconds, batch_size, device):
-    """Training images/s (forward, backward, SGD step) on one random batch, with train.py's precision, input
-    size and layout for this model."""
+    """Training images/s (forward, backward, optimizer step) on one random batch, with train.py's precision,
+    input size, layout and optimizers for this model (Muon for the *_muon entries' filters, SGD otherwise)."""
     size = models.input_size(name, models.entry(name).defaults.get("img_size"))
     amp = models.amp_dtype(name, device)
     model = models.create(name, 10).to(device, memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    recipe = SimpleNamespace(**{**GLOBAL_DEFAULTS, **models.entry(name).defaults, "batch_size": batch_size})
+    opts = optimizers(model, models.classifier_name(model), recipe)
     x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch_size,), device=device)
     steps, t0 = -2, None  # two warm-up steps, untimed
     while t0 is None or time.perf_counter() - t0 < seconds:
         with runtime.autocast(device, amp):
             loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        for opt in opts:
+            opt.step()
         steps += 1
         if steps == 0:
             t0 = time.perf_counter()
@@ -76,7 +79,7 @@ def main():
         device = runtime.pick_device(a.device)
         print(f"training images/s on random batches of {a.batch_size}, {a.speed_only:g} s each, on "
               f"{runtime.device_name(device)}, {torch.get_num_threads()} threads, channels_last, each model's "
-              f"own input size and autocast (as train.py):")
+              f"own input size, autocast and optimizers (as train.py):")
         for name in a.models:
             print(f"  {name:16s} {train_speed(name, a.speed_only, a.batch_size, device):8,.0f}", flush=True)
         return

@@ -12,7 +12,7 @@ from cifarkit.augment import RECIPES, alternating_flips
 from cifarkit.loader import DeviceLoader, Normalize
 from cifarkit.predict import evaluate
 
-from conftest import load_script, resumes_as_if_never_stopped
+from conftest import ROOT, load_script, resumes_as_if_never_stopped
 
 SMALL = ["--train-per-class", "9", "--val-per-class", "3", "--device", "cpu", "-b", "16", "--no-amp"]
 NARROW = ["--model", "fast_cnn_muon", "--model-kwargs", "widths=(16,32,32)"]
@@ -161,3 +161,20 @@ def test_muon_orthogonalises_in_fp32_where_the_cpu_lacks_native_bf16(monkeypatch
     fp32_step = start - 0.24 * ortho.view_as(start)
     off = (conv.weight.detach() - fp32_step).abs().max().item()
     assert off < 1e-5 if not native else off > 1e-4
+
+
+@pytest.mark.parametrize("name, kinds", [("fast_cnn_s_muon", ["SGD", "NormedMuon"]), ("fast_cnn_s", ["SGD"])])
+def test_speed_only_times_each_model_with_its_own_optimizers(monkeypatch, name, kinds):
+    """benchmarks/models.py --speed-only steps what train.py would: Muon and SGD for a muon entry, at its batch."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_models", ROOT / "benchmarks" / "models.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    made = []
+    monkeypatch.setattr(bench, "optimizers", lambda *a: made.extend(train.optimizers(*a)) or made)
+    assert bench.train_speed(name, 0.01, 8, torch.device("cpu")) > 0
+    assert [type(o).__name__ for o in made] == kinds
+    if name.endswith("_muon"):  # the record's per-image rates, at the timed batch
+        scales = sorted(g["lr_scale"] for g in made[0].param_groups)  # biases, whitening bias, classifier
+        assert scales == pytest.approx([train.MUON[k] * 8 / 0.24 for k in ("bias_lr", "bias_lr", "head_lr")])
