@@ -37,7 +37,7 @@ from .augment import mixer
 from .augment import recipe as get_recipe
 from .errors import UserError
 from .loader import AlbuLoader, DeviceLoader, Normalize, channel_stats
-from .predict import evaluate
+from .predict import evaluate, inference_batch
 
 GLOBAL_DEFAULTS = dict(epochs=10, lr=0.05, batch_size=128, weight_decay=5e-4, aug="crop_flip",
                        label_smoothing=0.1, ema=False, img_size=None, freeze_epochs=0, backbone_lr_scale=1.0,
@@ -282,7 +282,7 @@ def setup(args):
     else:
         train_loader = DeviceLoader(train_x, train_y, args.batch_size, norm, device, r,
                                     shuffle=True, drop_last=drop_last, seed=args.seed, dist=dist)
-    val_loader = DeviceLoader(val_x, val_y, 512, norm, device, dist=dist)
+    val_loader = DeviceLoader(val_x, val_y, inference_batch(device), norm, device, dist=dist)
 
     opts = optimizers(model, head, args)
     ema = ModelEmaV3(model, decay=0.999, use_warmup=True) if args.ema else None
