@@ -27,7 +27,7 @@ import predict as predict_cli  # noqa: E402
 import train as train_cli  # noqa: E402
 from cifarkit import models, predict, runtime  # noqa: E402
 from cifarkit.errors import HelpFormatter, UserError, cli  # noqa: E402
-from cifarkit.train import GLOBAL_DEFAULTS, fit, optimizers  # noqa: E402
+from cifarkit.train import fit, optimizers, recipe_defaults  # noqa: E402
 
 
 def train_speed(name, seconds, batch_size, device):
@@ -36,7 +36,7 @@ def train_speed(name, seconds, batch_size, device):
     size = models.input_size(name, models.entry(name).defaults.get("img_size"))
     amp = models.amp_dtype(name, device)
     model = models.create(name, 10).to(device, memory_format=torch.channels_last)
-    recipe = SimpleNamespace(**{**GLOBAL_DEFAULTS, **models.entry(name).defaults, "batch_size": batch_size})
+    recipe = SimpleNamespace(**{**recipe_defaults(name), "batch_size": batch_size})
     opts = optimizers(model, models.classifier_name(model), recipe)
     x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch_size,), device=device)

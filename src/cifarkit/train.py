@@ -50,13 +50,19 @@ EXTENDABLE = ("epochs", "time_budget")  # what --resume may change: the length o
 FINE_TUNING = ("freeze_epochs", "backbone_lr_scale", "frozen_stages")  # a registry's, for starts from weights only
 
 
+def recipe_defaults(name):
+    """A model's recipe, each training flag from its registry defaults, else the global ones."""
+    defaults = models.entry(name).defaults
+    return {k: defaults.get(k, v) for k, v in GLOBAL_DEFAULTS.items()}
+
+
 def resolve(args):
-    """Fill the flags left unset (None) from the model's registry defaults, then the global ones."""
+    """Fill the flags left unset (None) from the model's recipe (recipe_defaults)."""
     e = models.entry(args.model)
     asked = {k for k in FINE_TUNING if getattr(args, k, None) is not None}
-    for k, v in GLOBAL_DEFAULTS.items():
+    for k, v in recipe_defaults(args.model).items():
         if getattr(args, k, None) is None:
-            setattr(args, k, e.defaults.get(k, v))
+            setattr(args, k, v)
     if args.initial_checkpoint:
         if args.pretrained or args.pretrained_file:
             raise UserError("--initial-checkpoint and --pretrained / --pretrained-file contradict each other: "
