@@ -73,6 +73,11 @@ def run_peer(peer, data_dir, epochs, autocast=True, log=None):
     return float(found[-1][1]), float(found[-1][2])
 
 
+def secs(s):
+    """Seconds as a table shows them: whole on a CPU (minutes to hours), to a hundredth on a GPU (seconds)."""
+    return f"{s:.0f}" if s >= 100 else f"{s:.1f}" if s >= 10 else f"{s:.2f}"
+
+
 def predict_costs(run):
     """(TTA, seconds of predict.py's path in this process on the 10,000 test images, accuracy) for each TTA
     choice, with the checkpoint of `run`: what TTA costs and buys."""
@@ -153,15 +158,15 @@ def main():
     print("| who | epochs | seconds | x the peer's time | test accuracy | vs the peer |\n|" + " --- |" * 6)
     fp32 = "" if autocast else ", CPU autocast off (fp32)"
     given = ", an earlier run's figures (--peer-result)" if a.peer_result else ""
-    print(f"| peer: {peer.name}{fp32}{given} | {a.peer_epochs:g} | {peer_s:.0f} | 1.00 | {peer_acc:.2%} | |")
+    print(f"| peer: {peer.name}{fp32}{given} | {a.peer_epochs:g} | {secs(peer_s)} | 1.00 | {peer_acc:.2%} | |")
     for r in rows:
-        print(f"| ours: {ours}, {r['name']} | {r['epochs']} | {r['total']:.0f} "
-              f"({r['train_seconds']:.0f} + {r['predict_seconds']:.1f}) | {r['total'] / peer_s:.2f} | {r['acc']:.2%} | "
-              f"{(r['acc'] - peer_acc) * 100:+.2f} points |")
+        print(f"| ours: {ours}, {r['name']} | {r['epochs']} | {secs(r['total'])} "
+              f"({secs(r['train_seconds'])} + {secs(r['predict_seconds'])}) | {r['total'] / peer_s:.2f} | "
+              f"{r['acc']:.2%} | {(r['acc'] - peer_acc) * 100:+.2f} points |")
     reached = [r for r in rows if r["acc"] >= 0.94]
     first = min(reached, key=lambda r: r["total"]) if reached else None
-    print("\nours to 94.0%: " + (f"{first['total']:.0f} s, {first['total'] / peer_s:.2f} x the peer's {peer_s:.0f} s"
-                               if first else "not reached in these budgets"))
+    print("\nours to 94.0%: " + (f"{secs(first['total'])} s, {first['total'] / peer_s:.2f} x the peer's "
+                               f"{secs(peer_s)} s" if first else "not reached in these budgets"))
     print(f"\npredict.py on the 10,000 test images with the last run's checkpoint ({rows[-1]['name']}): its path "
           f"in this process (checkpoint, model, inference, checked CSV; no Python start-up):")
     for tta, seconds, acc in predict_costs(rows[-1]["run"]):
