@@ -11,9 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
+from cifarkit import runtime
+from cifarkit.errors import UserError
 from conftest import ROOT
 
-TINY = ["--dataset", "cifar10", "--train-per-class", "9", "--val-per-class", "3", "--no-amp"]
+# --device cpu: gloo CPU processes on a machine with a GPU too (there auto would give each rank a GPU of its own)
+TINY = ["--dataset", "cifar10", "--train-per-class", "9", "--val-per-class", "3", "--no-amp", "--device", "cpu"]
 
 
 def torchrun(*argv, cwd, nproc=2, **kw):
@@ -31,6 +34,23 @@ def finish(proc, timeout=240):
 @pytest.fixture
 def data(cifar10_dir):
     return ["--data-dir", str(cifar10_dir), *TINY]
+
+
+def test_more_processes_than_gpus_is_one_line_on_every_rank(monkeypatch):
+    """Seen on a 1-GPU machine: torchrun --nproc-per-node 2 ended rank 1 in CUDA's "invalid device ordinal"
+    traceback. Every rank now stops with the same line before it waits for the others."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: pytest.fail("set_device reached"))
+    for rank in ("0", "1"):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        with pytest.raises(UserError, match=r"torchrun started 2 processes on this machine, which has 1 GPU\(s\): "
+                                            r"one process per GPU \(--nproc-per-node 1\), or --device cpu"):
+            runtime.init_distributed("auto")
+    assert not torch.distributed.is_initialized()
 
 
 def test_one_run_folder_one_log_no_duplicate_lines(data, tmp_path):
@@ -51,7 +71,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(data, tmp_path, trai
     args = [*data, "--model", "convnext_atto", "--no-pretrained", "--epochs", "2", "-b", "16", "--seed", "5"]
     code, out, err = finish(torchrun(*args, "--experiment", "two", cwd=tmp_path))
     assert code == 0, err
-    train_main([*args, "--experiment", "one", "--device", "cpu"])
+    train_main([*args, "--experiment", "one"])
     one, two = (torch.load(tmp_path / "runs" / n / "last.pt", weights_only=True) for n in ("one", "two"))
     for k, v in one["state_dict"].items():
         torch.testing.assert_close(two["state_dict"][k], v, rtol=1e-4, atol=1e-5, msg=k)

@@ -138,6 +138,10 @@ def init_distributed(device_name="auto"):
 
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
+        procs, gpus = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), local + 1), torch.cuda.device_count()
+        if procs > gpus:  # every rank says so, before any waits for the others; torch would end one in a traceback
+            raise UserError(f"torchrun started {procs} processes on this machine, which has {gpus} GPU(s): one "
+                            f"process per GPU (--nproc-per-node {gpus}), or --device cpu for CPU processes")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
