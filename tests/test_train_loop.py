@@ -61,6 +61,18 @@ def test_no_validation_split_on_purpose(tiny, train_main, predict_main, capsys, 
     assert run_cli(predict_main, ["--checkpoint", str(tmp_path / "runs" / "noval" / "best.pt")], capsys)[0] == 0
 
 
+@pytest.mark.parametrize("every, drawn", [(0, [1, 2, 3, 4]), (1e9, [1, 4])])
+def test_curves_are_redrawn_at_most_every_so_often_and_at_the_end(tiny, train_main, capsys, monkeypatch, every, drawn):
+    """A redraw (0.4 s) outlasted an epoch on an H200; the last epochs are drawn when the run ends."""
+    from cifarkit import report, train
+
+    seen = []
+    monkeypatch.setattr(report, "plot_curves", lambda log, path, title: seen.append(len(log)))
+    monkeypatch.setattr(train.Writer, "PLOT_EVERY_S", every)
+    assert run_cli(train_main, [*tiny, "--epochs", "4", "--experiment", "c"], capsys)[0] == 0
+    assert seen == drawn
+
+
 def test_resume_lengthens_a_finished_run(tiny, train_main, capsys, tmp_path):
     assert run_cli(train_main, [*tiny, "--epochs", "2", "--experiment", "r"], capsys)[0] == 0
     code, out, err = run_cli(train_main, ["--resume", "runs/r", "--epochs", "4"], capsys)
