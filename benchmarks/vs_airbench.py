@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Our CIFAR-10 recipe beside the speed-record recipe (airbench94_muon, CPU port), same machine, one sitting.
+"""Our CIFAR-10 recipe beside the speed-record recipe (airbench94_muon), same machine, one sitting.
 
 Runs the peer script for its epochs (its path is an argument: it is not part of cifarkit), then ours
 with a training budget of the peer's seconds times each --fractions (1: equal time; 0.8: the
@@ -12,6 +12,12 @@ passed after --.
 
     python benchmarks/vs_airbench.py --peer ../shared/peers/airbench94_muon_cpu.py --data-dir ../shared/data
     python benchmarks/vs_airbench.py --peer PEER --data-dir ../shared/data -- --train-on-val   # 50,000 images, as the peer
+    python benchmarks/vs_airbench.py --peer airbench94_muon.py --peer-kind original --peer-time-limit 600 \\
+        --data-dir ../shared/data --fractions 1 1.5 2 --time-budget 0 -- --train-on-val    # on a GPU: the published one
+
+On a GPU, --peer-kind original runs the published airbench94_muon.py (github.com/KellerJordan/cifar10-airbench)
+unchanged: it compiles for minutes in a warm-up run that its seconds leave out, as its own figures do, then runs 200
+times (TORCHDYNAMO_DISABLE=1 in the environment runs it uncompiled).
 
 The peer's output is kept in --output/peer-<time>.log. Its epochs take minutes to hours on a CPU, so to try more of
 ours against it later on the same machine, pass its figures from that log with --peer-result ACCURACY SECONDS.
@@ -21,9 +27,11 @@ import argparse
 import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -32,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import predict as predict_cli  # noqa: E402
 import train as train_cli  # noqa: E402
 from time_to_accuracy import train_and_score  # noqa: E402
-from cifarkit import models, predict, runtime  # noqa: E402
+from cifarkit import models, predict, read, runtime  # noqa: E402
 from cifarkit.atomic import atomic_path  # noqa: E402
 from cifarkit.errors import HelpFormatter, UserError, cli  # noqa: E402
 
@@ -51,26 +59,74 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def run_peer(peer, data_dir, epochs, autocast=True, log=None):
-    """The peer's own accuracy and seconds (training + its final TTA evaluation), from its result line;
-    its output is passed through as it comes, since it runs for minutes, and kept in `log` once it has given
-    its result."""
+def run_peer(peer, data_dir, epochs, autocast=True, log=None, cwd=None, time_limit=None):
+    """The peer's own (accuracy, seconds of training + its final TTA evaluation, runs), from its output (see
+    peer_figures); its output is passed through as it comes, since it runs for minutes, and kept in `log` once it
+    has given its figures. After `time_limit` seconds the peer is stopped and the runs it finished count."""
     launch = [] if autocast else ["-c", WITHOUT_CPU_AUTOCAST]
-    proc = subprocess.Popen([sys.executable, *launch, str(peer), str(data_dir), f"{epochs:g}"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    data_arg = Path(data_dir).resolve() if cwd else data_dir  # the original GPU script runs in a folder of its own
+    proc = subprocess.Popen([sys.executable, *launch, str(Path(peer).resolve()), str(data_arg), f"{epochs:g}"],
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    stopped = threading.Event()
+    timer = threading.Timer(time_limit, lambda: (stopped.set(), proc.terminate())) if time_limit else None
+    if timer:
+        timer.start()
     lines = []
-    for line in proc.stdout:
-        print(f"peer | {line}", end="", flush=True)
-        lines.append(line.rstrip())
-    if proc.wait() != 0:
+    try:
+        for line in proc.stdout:
+            print(f"peer | {line}", end="", flush=True)
+            lines.append(line.rstrip())
+    except BaseException:  # Ctrl-C here: the peer must not train on in the background
+        proc.kill()
+        raise
+    finally:
+        if timer:
+            timer.cancel()
+    if proc.wait() != 0 and not stopped.is_set():
         raise UserError(f"the peer {peer} exited with {proc.returncode}: {lines[-1] if lines else 'no output'}")
-    found = [m for m in map(RESULT.search, lines) if m]
-    if not found:
-        raise UserError(f"the peer {peer} printed no result line ('TTA test accuracy A, S s of training+eval')")
+    figures = peer_figures(lines)
+    if figures is None:
+        raise UserError(f"the peer {peer} printed no result: neither a line 'TTA test accuracy A, S s of "
+                        f"training+eval' nor a table row of a finished run after its warm-up"
+                        + (f" in the {time_limit:g} s of --peer-time-limit" if stopped.is_set() else ""))
     if log is not None:
         with atomic_path(log) as tmp:
             tmp.write_text("".join(f"{line}\n" for line in lines))
-    return float(found[-1][1]), float(found[-1][2])
+    return figures
+
+
+def peer_figures(lines):
+    """(accuracy, seconds, runs): the CPU port's result line, or else the original GPU script's table, the mean
+    of the 'eval' rows of its runs (its first run, 'warmup', compiles and trains on random labels: left out).
+    None when there is neither."""
+    found = [m for m in map(RESULT.search, lines) if m]
+    if found:
+        return float(found[-1][1]), float(found[-1][2]), 1
+    runs, run = [], None
+    for line in lines:  # |  run  |  epoch  |  train_acc  |  val_acc  |  tta_val_acc  |  time_seconds  |
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
+        if len(cells) != 6:
+            continue
+        run = cells[0] or run  # a run's number is printed on its first row only
+        if cells[1] == "eval" and run != "warmup":
+            try:
+                runs.append((float(cells[4]), float(cells[5])))
+            except ValueError:
+                continue
+    if not runs:
+        return None
+    acc, seconds = np.mean(runs, axis=0)
+    return float(acc), float(seconds), len(runs)
+
+
+def airbench_data(data_dir, folder):
+    """cifar10/train.pt and test.pt under `folder`, in the original GPU script's own layout (NHWC uint8 images,
+    int64 labels, class names), from --data-dir: without them it downloads CIFAR-10 itself."""
+    cifar = read.load(data_dir, "cifar10", download=False)
+    for name, x, y in [("train", cifar.train_x, cifar.train_y), ("test", cifar.test_x, cifar.test_y)]:
+        with atomic_path(Path(folder) / "cifar10" / f"{name}.pt") as tmp:
+            torch.save({"images": torch.from_numpy(x), "labels": torch.from_numpy(y).long(),
+                        "classes": list(cifar.classes)}, tmp)
 
 
 def secs(s):
@@ -96,7 +152,14 @@ def predict_costs(run):
 @cli
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    p.add_argument("--peer", required=True, help="the peer script (airbench94_muon_cpu.py), run as: PEER DATA EPOCHS")
+    p.add_argument("--peer", required=True, help="the peer script (airbench94_muon_cpu.py, or on a GPU the original "
+                                                 "airbench94_muon.py with --peer-kind original)")
+    p.add_argument("--peer-kind", choices=["cpu-port", "original"], default="cpu-port",
+                   help="cpu-port: run as PEER DATA EPOCHS, one result line; original: the published GPU script, run "
+                        "without arguments in --output/peer-original/ beside the cifar10/train.pt and test.pt it "
+                        "reads (written there from --data-dir), the mean of the runs it prints after its warm-up")
+    p.add_argument("--peer-time-limit", type=float, metavar="SECONDS",
+                   help="stop the peer after this long and take the runs it finished (the original runs 200 times)")
     p.add_argument("--data-dir", required=True, help="folder with cifar-10-batches-py/ (the real CIFAR-10)")
     p.add_argument("--peer-epochs", type=float, default=8, help="the peer's epochs (its own default)")
     p.add_argument("--peer-autocast", choices=["auto", "on", "off"], default="auto",
@@ -122,8 +185,10 @@ def main():
     if a.peer_result and not (0 <= a.peer_result[0] <= 1 and a.peer_result[1] > 0):
         raise UserError("--peer-result ACCURACY SECONDS: an accuracy from 0 to 1 and seconds above 0, "
                         "as the peer's result line prints them")
-    if a.peer_epochs <= 0 or any(f <= 0 for f in a.fractions) or a.time_budget < 0:
-        raise UserError("--peer-epochs and --fractions must be positive, --time-budget 0 or more")
+    if a.peer_epochs <= 0 or any(f <= 0 for f in a.fractions) or a.time_budget < 0 or (a.peer_time_limit or 1) <= 0:
+        raise UserError("--peer-epochs, --fractions and --peer-time-limit must be positive, --time-budget 0 or more")
+    if a.peer_kind == "original" and not a.peer_result and not torch.cuda.is_available():
+        raise UserError("--peer-kind original: the published script needs a CUDA GPU; on a CPU run its CPU port")
     if any(f == "--experiment" or f.startswith("--experiment=") for f in a.extra):
         raise UserError("--experiment: this benchmark names its runs itself (a dated folder each, under --output)")
     if not a.fractions and not a.time_budget:
@@ -137,12 +202,16 @@ def main():
     a.model = a.model or ("fast_cnn_muon" if on_gpu else "fast_cnn_s_muon")
     models.entry(a.model)
 
-    autocast = a.peer_autocast == "on" or (a.peer_autocast == "auto" and runtime.cpu_has_native_bf16())
+    original = a.peer_kind == "original"  # a GPU script: no CPU autocast to turn off
+    autocast = original or a.peer_autocast == "on" or (a.peer_autocast == "auto" and runtime.cpu_has_native_bf16())
     if a.peer_result:
-        peer_acc, peer_s = a.peer_result
+        (peer_acc, peer_s), peer_runs = a.peer_result, 1
     else:
+        cwd = Path(a.output) / "peer-original" if original else None
+        if original:
+            airbench_data(data, cwd)
         log = Path(a.output) / f"peer-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        peer_acc, peer_s = run_peer(peer, data, a.peer_epochs, autocast, log)
+        peer_acc, peer_s, peer_runs = run_peer(peer, data, a.peer_epochs, autocast, log, cwd, a.peer_time_limit)
         print(f"kept the peer's output in {log}")
     budgets = [(f"{f:g} x the peer's time", f * peer_s) for f in a.fractions]
     budgets += [(f"{a.time_budget:g} s budget", a.time_budget)] if a.time_budget else []
@@ -158,6 +227,7 @@ def main():
     print("| who | epochs | seconds | x the peer's time | test accuracy | vs the peer |\n|" + " --- |" * 6)
     fp32 = "" if autocast else ", CPU autocast off (fp32)"
     given = ", an earlier run's figures (--peer-result)" if a.peer_result else ""
+    given += f", the mean of {peer_runs} runs" if peer_runs > 1 else ""
     print(f"| peer: {peer.name}{fp32}{given} | {a.peer_epochs:g} | {secs(peer_s)} | 1.00 | {peer_acc:.2%} | |")
     for r in rows:
         print(f"| ours: {ours}, {r['name']} | {r['epochs']} | {secs(r['total'])} "

@@ -5,11 +5,13 @@ import pickle
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from cifarkit.errors import UserError
 from conftest import ROOT, write_cifar10
 
 RESULT = "airbench94_muon (CPU port): 1 epochs, TTA test accuracy 0.5000, 4.0 s of training+eval"
@@ -56,7 +58,7 @@ def test_both_sides_in_one_table(tmp_path):
 
 @pytest.mark.parametrize("source, message", [
     ("import sys\nprint('boom')\nsys.exit(3)\n", "exited with 3: boom"),
-    ("print('trained, but said nothing we can read')\n", "printed no result line"),
+    ("print('trained, but said nothing we can read')\n", "printed no result: neither a line"),
 ])
 def test_a_failing_peer_is_one_line_and_nothing_of_ours_runs(tmp_path, source, message):
     r = bench(tmp_path, source)
@@ -102,12 +104,69 @@ print({RESULT!r})
                                             (False, "autocast False torch.float32")])
 def test_the_peer_runs_unchanged_with_its_cpu_autocast_on_or_off(tmp_path, capsys, autocast, seen):
     """Where bf16 is only emulated, the peer is run in fp32 (as ours then is), its file as it is."""
+    peer = tmp_path / "peer.py"
+    peer.write_text(AUTOCAST_PEER)
+    assert load_bench().run_peer(peer, "DATA", 2, autocast) == (0.5, 4.0, 1)
+    assert f"peer | {seen}\n" in capsys.readouterr().out
+
+
+def load_bench():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("vs_airbench", ROOT / "benchmarks" / "vs_airbench.py")
-    vs_airbench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(vs_airbench)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The published airbench94_muon.py (GPU) as it printed on an H200, cut to its warm-up and two runs.
+ORIGINAL_TABLE = """\
+---------------------------------------------------------------------------------
+|  run     |  epoch  |  train_acc  |  val_acc  |  tta_val_acc  |  time_seconds  |
+---------------------------------------------------------------------------------
+|  warmup  |      0  |     0.1070  |   0.1167  |               |        3.0561  |
+|          |   eval  |     0.1105  |   0.0921  |       0.0940  |        3.4067  |
+---------------------------------------------------------------------------------
+|       0  |      0  |     0.7020  |   0.7370  |               |        0.2120  |
+|          |   eval  |     0.9810  |   0.9297  |       0.9397  |        1.7031  |
+---------------------------------------------------------------------------------
+|       1  |      0  |     0.7030  |   0.7302  |               |        0.2081  |
+|          |   eval  |     0.9785  |   0.9328  |       0.9395  |        1.7382  |
+---------------------------------------------------------------------------------
+"""
+
+ORIGINAL_PEER = f"""
+import time, torch
+train, test = (torch.load(f"cifar10/{{n}}.pt", weights_only=True) for n in ("train", "test"))  # from its own cwd
+assert train["images"].shape == (120, 32, 32, 3) and train["images"].dtype == torch.uint8, train["images"].shape
+assert test["labels"].dtype == torch.int64 and len(test["labels"]) == 40 and train["classes"][0] == "airplane"
+print({ORIGINAL_TABLE!r}, flush=True)
+time.sleep(120)  # 198 runs more: stopped by --peer-time-limit
+"""
+
+
+def test_the_original_gpu_script_reads_its_own_files_and_its_runs_are_averaged(cifar10_dir, tmp_path):
+    """--peer-kind original: the published script, unchanged, in a folder with cifar10/*.pt written from --data-dir;
+    its warm-up run (random labels) is left out, the runs it finished before --peer-time-limit are averaged."""
+    bench_module = load_bench()
+    peer, cwd = tmp_path / "airbench94_muon.py", tmp_path / "runs" / "peer-original"
+    peer.write_text(ORIGINAL_PEER)
+    bench_module.airbench_data(cifar10_dir, cwd)
+    t0 = time.perf_counter()
+    acc, seconds, runs = bench_module.run_peer(peer, cifar10_dir, 8, True, tmp_path / "peer.log", cwd, time_limit=5)
+    assert time.perf_counter() - t0 < 60 and runs == 2
+    assert acc == pytest.approx((0.9397 + 0.9395) / 2) and seconds == pytest.approx((1.7031 + 1.7382) / 2)
+    assert "0.9397" in (tmp_path / "peer.log").read_text()
+
+
+def test_a_peer_stopped_before_its_first_run_is_one_line(cifar10_dir, tmp_path):
     peer = tmp_path / "peer.py"
-    peer.write_text(AUTOCAST_PEER)
-    assert vs_airbench.run_peer(peer, "DATA", 2, autocast) == (0.5, 4.0)
-    assert f"peer | {seen}\n" in capsys.readouterr().out
+    peer.write_text("import time\nprint('compiling', flush=True)\ntime.sleep(120)\n")
+    with pytest.raises(UserError, match=r"printed no result: .* in the 1 s of --peer-time-limit"):
+        load_bench().run_peer(peer, cifar10_dir, 8, True, None, tmp_path, time_limit=1)
+
+
+def test_the_original_needs_a_gpu(tmp_path):
+    r = bench(tmp_path, "open('peer-ran', 'w').close()\n", options=["--peer-kind", "original"])
+    assert r.returncode == 2 and "--peer-kind original: the published script needs a CUDA GPU" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "peer-ran").exists()
