@@ -185,7 +185,8 @@ def main():
     if a.peer_result and not (0 <= a.peer_result[0] <= 1 and a.peer_result[1] > 0):
         raise UserError("--peer-result ACCURACY SECONDS: an accuracy from 0 to 1 and seconds above 0, "
                         "as the peer's result line prints them")
-    if a.peer_epochs <= 0 or any(f <= 0 for f in a.fractions) or a.time_budget < 0 or (a.peer_time_limit or 1) <= 0:
+    if (a.peer_epochs <= 0 or any(f <= 0 for f in a.fractions) or a.time_budget < 0
+            or (a.peer_time_limit is not None and a.peer_time_limit <= 0)):
         raise UserError("--peer-epochs, --fractions and --peer-time-limit must be positive, --time-budget 0 or more")
     if a.peer_kind == "original" and not a.peer_result and not torch.cuda.is_available():
         raise UserError("--peer-kind original: the published script needs a CUDA GPU; on a CPU run its CPU port")

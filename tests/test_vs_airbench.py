@@ -84,6 +84,13 @@ def test_a_peer_result_out_of_range_is_one_line(tmp_path, given):
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("option", [["--peer-time-limit", "0"], ["--fractions", "0"]])
+def test_a_limit_that_is_not_positive_is_one_line(tmp_path, option):
+    r = bench(tmp_path, "open('peer-ran', 'w').close()\n", options=option)
+    assert r.returncode == 2 and "must be positive" in r.stderr, r.stderr[-800:]
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "peer-ran").exists()
+
+
 def test_a_flag_train_py_lacks_fails_before_the_peer_runs(tmp_path):
     r = bench(tmp_path, "open('peer-ran', 'w').close()\n", extra=["--no-such-flag"])
     assert r.returncode == 2 and "train.py has no --no-such-flag" in r.stderr, r.stderr[-800:]

@@ -557,9 +557,7 @@ class Writer:
         if not self.on:
             return
         write_text(r.run_dir / "log.csv", pd.DataFrame(st.rows).to_csv(index=False))
-        when = self.plotted[0]
-        if when is None or time.perf_counter() - when >= self.PLOT_EVERY_S:
-            self.plot()
+        self.plot(every=self.PLOT_EVERY_S)
         if improved:
             checkpoint.save(r.run_dir / "best.pt", dict(
                 r.meta, state_dict=r.eval_model.state_dict(), epoch=st.epoch, val_acc=val_acc,
@@ -567,14 +565,16 @@ class Writer:
         print(f"epoch {st.epoch:3d}  train loss {loss / seen:.4f} acc {right / seen:.4f}  "
               f"val loss {val_loss:.4f} acc {val_acc:.4f}  lr {lr:.4g}  {epoch_seconds:.1f}s", flush=True)
 
-    def plot(self):
-        """curves.png from the epochs so far; fit() draws the last ones when the run ends."""
+    def plot(self, every=0):
+        """curves.png from the epochs so far, unless it already shows them all or was drawn less than `every`
+        seconds ago; fit() draws the last ones when the run ends."""
         from .report import plot_curves
 
-        r = self.r
-        if self.on and len(r.state.rows) != self.plotted[1]:
-            plot_curves(pd.DataFrame(r.state.rows), r.run_dir / "curves.png", f"{r.args.model} on {r.args.dataset}")
-            self.plotted = (time.perf_counter(), len(r.state.rows))
+        r, (when, drawn) = self.r, self.plotted
+        if not self.on or drawn == len(r.state.rows) or (when is not None and time.perf_counter() - when < every):
+            return
+        plot_curves(pd.DataFrame(r.state.rows), r.run_dir / "curves.png", f"{r.args.model} on {r.args.dataset}")
+        self.plotted = (time.perf_counter(), len(r.state.rows))
 
     def save_last(self, sums=None):
         """last.pt: the weights to use and the whole training state. `sums` are the running sums of a
