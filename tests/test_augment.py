@@ -131,6 +131,21 @@ def test_tta_averages_the_models_outputs_over_its_views(tta):
     assert torch.allclose(got, expected, atol=1e-6), f"off by {(got - expected).abs().max():.3g}"
 
 
+def test_flip_shift_unsure_gives_the_least_sure_fifth_flip_shift_whatever_the_batches():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    x, cpu = torch.randn(10, 3, 8, 8), torch.device("cpu")
+    with torch.no_grad():
+        plain, full = model(x), logits(model, [(x, None)], cpu, tta="flip_shift")
+    top2 = plain.softmax(1).topk(2, 1).values
+    least_sure = sorted((top2[:, 0] - top2[:, 1]).argsort()[:2].tolist())  # ceil(0.2 * 10): with share 0.25 it would be 3
+    for batches in ([(x, None)], [(x[:3], None), (x[3:7], None), (x[7:], None)]):
+        got = logits(model, batches, cpu, tta="flip_shift_unsure")
+        changed = [i for i in range(10) if not torch.allclose(got[i], plain[i], atol=1e-5)]
+        assert changed == least_sure, "the least sure fifth, ranked over all images, not per batch"
+        assert torch.allclose(got[least_sure], full[least_sure], atol=1e-5), "those get flip_shift's average"
+
+
 def albu_loader(workers, seed=0, dist=None):
     """32 copies of one image: any difference between two batches is the augmentation's doing."""
     image = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)

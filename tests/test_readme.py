@@ -63,6 +63,9 @@ Predicting
   test_label_format_name_maps_each_label_to_its_class_name
 - "`--tta` averages with horizontally flipped images (`--tta flip_shift` also with 1-px shifts, six views)" ->
   test_augment.py::test_tta_averages_the_models_outputs_over_its_views, test_tta_views_flip_and_shift
+- "`--tta flip_shift_unsure` gives those six views only to the fifth of the images the model is least sure of ...
+  ranked over the whole test set" -> test_augment.py::
+  test_flip_shift_unsure_gives_the_least_sure_fifth_flip_shift_whatever_the_batches
 - a missing split is rebuilt from the checkpoint's settings -> test_train_predict.py::
   test_cifar100_transfer_path_with_saved_resnet18
 - "`python -m cifarkit.submission check`" -> test_bad_inputs.py::test_submission_check_cli

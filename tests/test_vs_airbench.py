@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cifarkit import predict
 from cifarkit.errors import UserError
 from conftest import ROOT, write_cifar10
 
@@ -53,7 +54,7 @@ def test_both_sides_in_one_table(tmp_path):
     assert acc == pytest.approx(100 * np.mean(labels == truth), abs=0.006)
     assert ("ours to 94.0%: not reached" in r.stdout) == (acc < 94.0)
     costs = dict(re.findall(r"TTA (\w+) +[0-9.]+ s +([0-9.]+)%", r.stdout))
-    assert set(costs) == {"none", "flip", "flip_shift"} and float(costs["none"]) == pytest.approx(acc, abs=0.006)
+    assert set(costs) == {"none", *predict.TTA} and float(costs["none"]) == pytest.approx(acc, abs=0.006)
 
 
 @pytest.mark.parametrize("source, message", [
