@@ -1,9 +1,12 @@
+import math
+
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cifarkit import predict
 from cifarkit.augment import RECIPES, Recipe, crop_flip, cutout, draw
 from cifarkit.loader import AlbuLoader, DeviceLoader, Normalize, channel_stats
 from cifarkit.predict import logits
@@ -138,7 +141,9 @@ def test_flip_shift_unsure_gives_the_least_sure_fifth_flip_shift_whatever_the_ba
     with torch.no_grad():
         plain, full = model(x), logits(model, [(x, None)], cpu, tta="flip_shift")
     top2 = plain.softmax(1).topk(2, 1).values
-    least_sure = sorted((top2[:, 0] - top2[:, 1]).argsort()[:2].tolist())  # ceil(0.2 * 10): with share 0.25 it would be 3
+    k = math.ceil(predict.UNSURE_SHARE * 10)
+    assert 0 < k < 10, "some images and not all"
+    least_sure = sorted((top2[:, 0] - top2[:, 1]).argsort()[:k].tolist())
     for batches in ([(x, None)], [(x[:3], None), (x[3:7], None), (x[7:], None)]):
         got = logits(model, batches, cpu, tta="flip_shift_unsure")
         changed = [i for i in range(10) if not torch.allclose(got[i], plain[i], atol=1e-5)]
