@@ -57,7 +57,7 @@ def main():
     p.add_argument("--time-budget", type=float, default=120, help="seconds of training per member")
     p.add_argument("--split-flags", default="", metavar="FLAGS",
                    help="split flags as one string, e.g. '--train-per-class 80 --val-per-class 10'")
-    p.add_argument("--tta", default="none", choices=["none", "flip", "flip_shift"], help="test-time augmentation")
+    p.add_argument("--tta", default="none", choices=["none", *predict.TTA], help="test-time augmentation")
     p.add_argument("--pseudo-threshold", type=float, default=None,
                    help="also measure pseudo-labels at this confidence, at equal total time (off by default)")
     p.add_argument("--output", default="runs/bench_ensemble", help="folder for the runs, split and CSVs")

@@ -151,6 +151,13 @@ def test_flip_shift_unsure_gives_the_least_sure_fifth_flip_shift_whatever_the_ba
         assert torch.allclose(got[least_sure], full[least_sure], atol=1e-5), "those get flip_shift's average"
 
 
+def test_per_batch_scoring_refuses_flip_shift_unsure_instead_of_flipping_only():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    batches = [(torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))]
+    with pytest.raises(ValueError, match="flip_shift_unsure"):
+        predict.evaluate(model, batches, torch.device("cpu"), tta="flip_shift_unsure")
+
+
 def albu_loader(workers, seed=0, dist=None):
     """32 copies of one image: any difference between two batches is the augmentation's doing."""
     image = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)

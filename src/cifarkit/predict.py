@@ -30,6 +30,8 @@ UNSURE_SHARE = 0.2  # of the images, the least sure: as accurate as flip_shift o
 
 
 def _views(x, tta):
+    if tta not in (None, "flip", "flip_shift"):  # flip_shift_unsure ranks the whole set: logits() alone does it
+        raise ValueError(f"no per-batch views for TTA {tta!r}")
     yield x
     if tta:
         yield x.flip(3)
