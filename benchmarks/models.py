@@ -27,12 +27,12 @@ import predict as predict_cli  # noqa: E402
 import train as train_cli  # noqa: E402
 from cifarkit import models, predict, runtime  # noqa: E402
 from cifarkit.errors import HelpFormatter, UserError, cli  # noqa: E402
-from cifarkit.train import fit, optimizers, recipe_defaults  # noqa: E402
+from cifarkit.train import default_micro_batch, fit, forward_backward, optimizers, recipe_defaults  # noqa: E402
 
 
 def train_speed(name, seconds, batch_size, device):
     """Training images/s (forward, backward, optimizer step) on one random batch, with train.py's precision,
-    input size, layout and optimizers for this model (Muon for the *_muon entries' filters, SGD otherwise)."""
+    input size, layout, chunks (--micro-batch's default) and optimizers for this model (Muon for the *_muon entries' filters, SGD otherwise)."""
     size = models.input_size(name, models.entry(name).defaults.get("img_size"))
     amp = models.amp_dtype(name, device)
     model = models.create(name, 10).to(device, memory_format=torch.channels_last)
@@ -40,12 +40,13 @@ def train_speed(name, seconds, batch_size, device):
     opts = optimizers(model, models.classifier_name(model), recipe)
     x = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch_size,), device=device)
+    step = SimpleNamespace(args=SimpleNamespace(micro_batch=default_micro_batch(device, batch_size)), device=device,
+                           dist=SimpleNamespace(world=1), train_model=model, amp=amp, criterion=F.cross_entropy,
+                           scaler=torch.amp.GradScaler(device.type, enabled=False))  # what forward_backward reads
     steps, t0 = -2, None  # two warm-up steps, untimed
     while t0 is None or time.perf_counter() - t0 < seconds:
-        with runtime.autocast(device, amp):
-            loss = F.cross_entropy(model(x), y)
         model.zero_grad(set_to_none=True)
-        loss.backward()
+        _, loss = forward_backward(step, x, y)
         for opt in opts:
             opt.step()
         steps += 1

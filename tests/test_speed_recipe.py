@@ -2,6 +2,7 @@
 for the rest, the whitening bias trained early only; each reproducible from (seed, epoch, batch) and resumable."""
 
 import argparse
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -136,6 +137,49 @@ def test_fast_cnn_muon_learns_and_resumes_exactly(cifar10_dir, train_main, capsy
         biases.append(r.model.whiten.bias.detach().clone())
     assert not torch.equal(biases[0], biases[1]) and not torch.equal(biases[1], biases[2])  # it trains early
     assert torch.equal(biases[2], biases[4])  # 3/8 of 4 epochs: nothing moves it after the middle of epoch 2
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_micro_batches_give_the_whole_batch_loss_and_gradients(soft):
+    """Chunks of at most 3 of a batch of 8 (3, 3, 2), with hard labels or mixup's soft ones: the same
+    outputs, mean loss and gradients as the batch at once (a network without batch norm, where they must be)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
+    x, y = torch.randn(8, 3, 2, 2), torch.randint(0, 5, (8,))
+    target = torch.softmax(torch.randn(8, 5), 1) if soft else y
+    got = []
+    for size in (0, 3):
+        r = SimpleNamespace(args=SimpleNamespace(micro_batch=size), dist=SimpleNamespace(world=1), train_model=net,
+                            device=torch.device("cpu"), amp=None, scaler=torch.amp.GradScaler("cpu", enabled=False),
+                            criterion=lambda out, t: -(t * out.log_softmax(1)).sum(1).mean() if soft else
+                            torch.nn.functional.cross_entropy(out, t))
+        net.zero_grad()
+        out, loss = train.forward_backward(r, x, target)
+        got.append((out, loss, [p.grad.clone() for p in net.parameters()]))
+    (out0, loss0, g0), (out3, loss3, g3) = got
+    assert torch.equal(out0, out3) and loss3.item() == pytest.approx(loss0.item(), rel=1e-6)
+    for a, b in zip(g0, g3):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_a_cpu_takes_batches_of_1000_or_more_in_chunks_by_default(cifar10_dir, tmp_path):
+    base = ["--dataset", "cifar10", "--data-dir", str(cifar10_dir), *SMALL, *NARROW, "--output", str(tmp_path)]
+    assert train.setup(_parse([*base, "-b", "2000", "--experiment", "a"])).args.micro_batch == train.CPU_MICRO_BATCH
+    assert train.setup(_parse([*base, "--experiment", "b"])).args.micro_batch == 0  # -b 16: whole
+    assert train.setup(_parse([*base, "-b", "2000", "--micro-batch", "0", "--experiment", "c"])).args.micro_batch == 0
+
+
+def test_micro_batches_resume_exactly_and_chunk_every_step(cifar10_dir, train_main, capsys, tmp_path):
+    """--micro-batch 6 with batches of 16: every step is three chunks (6, 5, 5), and a run stopped after epoch 1
+    and resumed logs what the whole run logs."""
+    common = ["--dataset", "cifar10", "--data-dir", str(cifar10_dir), *SMALL, *NARROW, "--epochs", "2",
+              "--micro-batch", "6"]
+    resumes_as_if_never_stopped(train_main, capsys, common, tmp_path / "runs")
+    r = train.setup(_parse([*common, "--output", str(tmp_path / "runs"), "--experiment", "chunks"]))
+    calls = []
+    r.model.register_forward_pre_hook(lambda m, a: calls.append(len(a[0])) if m.training else None)
+    train.train_one_epoch(r, train.Writer(r))
+    assert calls == [6, 5, 5] * len(r.train_loader)
 
 
 def _parse(argv):

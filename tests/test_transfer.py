@@ -242,6 +242,7 @@ def test_model_names_with_pretrained_tags_work():
     (["--model", "simple_cnn", "--frozen-stages", "1"], "it needs weights to start from"),
     (["--frozen-stages", "5", "--pretrained-file", "W"], "--frozen-stages must be fewer than 5"),
     (["--img-size", "4"], "--img-size must be between 8 and 1024"),
+    (["--micro-batch", "-1"], "--micro-batch must not be negative"),
     (["--initial-checkpoint", "nothing.pt"], "initial checkpoint nothing.pt not found"),
     (["--initial-checkpoint", "C10", "--pretrained-file", "W"], "contradict each other"),
     (["--model", "fast_cnn", "--initial-checkpoint", "C10"], "holds a simple_cnn network, not fast_cnn: pass --model simple_cnn"),

@@ -19,6 +19,7 @@ import argparse
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from contextlib import nullcontext
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -46,6 +47,11 @@ GLOBAL_DEFAULTS = dict(epochs=10, lr=0.05, batch_size=128, weight_decay=5e-4, au
 # image of the batch (the record sums its loss over the batch), --weight-decay per image too; the whitening
 # bias trains for the first 3/8 of the run only, its rate falling to 0 by then.
 MUON = dict(momentum=0.6, ns_steps=3, sgd_momentum=0.85, head_lr=0.67, bias_lr=0.053, whiten_share=3 / 8)
+# A CPU computes a batch of 1000 or more in chunks of at most this many images by default (--micro-batch): its
+# cache holds a chunk's feature maps. fast_cnn_muon's epochs took 72-80 s in whole batches of 2000, 55-58 s in chunks
+# of 1000 or 250 (2-core AMD EPYC with AVX512-BF16, bf16); 1000 keeps batch norm's statistics closer to the batch's
+# (93.66% against 93.17% without TTA, one run each). A GPU takes the batch whole.
+CPU_MICRO_BATCH = 1000
 EXTENDABLE = ("epochs", "time_budget")  # what --resume may change: the length of the run
 FINE_TUNING = ("freeze_epochs", "backbone_lr_scale", "frozen_stages")  # a registry's, for starts from weights only
 
@@ -107,6 +113,8 @@ def resolve(args):
                 models.stem_modules(model, args.model, args.frozen_stages)
     if not 0 < args.backbone_lr_scale <= 1:
         raise UserError("--backbone-lr-scale must be in (0, 1]")
+    if args.micro_batch is not None and args.micro_batch < 0:
+        raise UserError("--micro-batch must not be negative (0: the whole batch at once)")
     if args.mixup < 0 or args.cutmix < 0:
         raise UserError("--mixup and --cutmix alphas must not be negative")
     if args.pseudo_labels and not 0 < args.pseudo_threshold < 1:
@@ -239,6 +247,8 @@ def setup(args):
 
     dist, device = runtime.init_distributed(getattr(args, "device", "auto"))
     args, run_dir, saved = _open_run(args, dist)
+    if args.micro_batch is None:  # a new run's default; a run saved before --micro-batch took whole batches
+        args.micro_batch = default_micro_batch(device, args.batch_size) if saved is None else 0
     if dist.world > 1:
         runtime.stop_on_sigterm(run_dir)
     if args.sync_bn and dist.world > 1 and device.type != "cuda":
@@ -257,6 +267,9 @@ def setup(args):
     s = split.load(split_dir, ("train", "val"))
     classes = s["manifest"]["classes"]
     train_x, train_y, val_x, val_y, notes = _training_set(args, s, split_dir, device)
+    if 0 < args.micro_batch < args.batch_size // dist.world:
+        notes.append(f"batches of {args.batch_size // dist.world} computed in chunks of {args.micro_batch} "
+                     f"(--micro-batch), one step a batch")
     model = dist.first(lambda: models.create(args.model, len(classes), args.pretrained and saved is None,
                                              args.pretrained_file, args.model_kwargs))
     if init_state is not None:
@@ -460,6 +473,28 @@ def _global_sums(r, loss_sum, correct):
     return loss, int(round(right)), int(round(seen))
 
 
+def default_micro_batch(device, batch_size):
+    """--micro-batch left out: chunks of CPU_MICRO_BATCH for a batch of 1000 or more on a CPU, else whole."""
+    return CPU_MICRO_BATCH if device.type == "cpu" and batch_size >= 1000 else 0
+
+
+def forward_backward(r, x, target):
+    """The batch's outputs and mean loss, its gradients accumulated: in chunks of --micro-batch images where
+    that is set, each chunk's loss weighted by its share of the batch, so the step is the batch's (batch norm
+    aside, which normalises each chunk by its own statistics). A CPU keeps a chunk's feature maps in cache."""
+    n = -(-len(x) // (r.args.micro_batch or len(x)))  # chunks of equal size (within one image), none larger
+    outs, total = [], 0
+    for i, (xc, tc) in enumerate(zip(x.tensor_split(n), target.tensor_split(n))):
+        with nullcontext() if i == n - 1 or r.dist.world == 1 else r.train_model.no_sync():  # DDP: one all-reduce
+            with runtime.autocast(r.device, r.amp):
+                out = r.train_model(xc)
+                loss = r.criterion(out, tc) * (len(xc) / len(x))
+            r.scaler.scale(loss).backward()
+        outs.append(out.detach())
+        total = total + loss.detach()
+    return torch.cat(outs) if n > 1 else outs[0], total
+
+
 def train_one_epoch(r, writer):
     """The steps of one epoch, from where the state stands; stops early when progress reaches 1.
     Returns the epoch's last learning rate and its (loss sum, correct, images) over all ranks."""
@@ -480,11 +515,8 @@ def train_one_epoch(r, writer):
             break
         lr = set_lr(r.opts, args, progress)
         x, target = r.mix(x, y, st.epoch, st.batch) if r.mix else (x, y)
-        with runtime.autocast(r.device, r.amp):
-            out = r.train_model(x)
-            loss = r.criterion(out, target)
         r.model.zero_grad(set_to_none=True)
-        r.scaler.scale(loss).backward()
+        out, loss = forward_backward(r, x, target)
         for opt in r.opts:
             r.scaler.step(opt)
         r.scaler.update()
