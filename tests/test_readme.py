@@ -55,7 +55,7 @@ The CIFAR ResNet-18 on a GPU
   test_scratch_models.py::test_resnet18_cifar_is_the_standard_one
 The speed recipe: fast_cnn_muon
 - Muon for the filters at norm sqrt(outputs) (in fp32 where the CPU lacks native bf16), SGD at per-image rates, the
-  whitening bias's 3/8, `shift_altflip`, exact resume -> test_speed_recipe.py
+  whitening bias's 3/8, `shift_altflip`, a CPU's chunks of 1000 (`--micro-batch`), exact resume -> test_speed_recipe.py
 Predicting
 - "writes `submissions/submission.csv` ... and checks the file"; "`--score` prints accuracy against `solution.csv`" ->
   test_train_predict.py::test_predict_writes_the_models_argmax_and_scores_it
