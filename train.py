@@ -76,8 +76,10 @@ def parser():
                    help="global batch size: under torchrun it is split over the processes, so --lr needs no "
                         "change (default: the model's)")
     p.add_argument("--micro-batch", type=int, default=None, metavar="M",
-                   help="compute each batch's gradients in chunks of M images and take one step: the same "
-                        "recipe, faster on a CPU whose cache a large batch's feature maps overflow (0: whole)")
+                   help="compute each batch's gradients in chunks of at most M images, then take one step: the "
+                        "same recipe, faster on a CPU whose cache a large batch's feature maps overflow; 0: the "
+                        f"batch whole (default: {train.CPU_MICRO_BATCH} on a CPU for batches of 1000 or more, "
+                        "else whole)")
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate, SGD+Nesterov: the classifier's, the other layers' x --backbone-lr-scale; "
                         "for a Muon model (fast_cnn_muon) Muon's, for the conv filters, its SGD groups keeping "

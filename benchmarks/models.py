@@ -32,7 +32,8 @@ from cifarkit.train import default_micro_batch, fit, forward_backward, optimizer
 
 def train_speed(name, seconds, batch_size, device):
     """Training images/s (forward, backward, optimizer step) on one random batch, with train.py's precision,
-    input size, layout, chunks (--micro-batch's default) and optimizers for this model (Muon for the *_muon entries' filters, SGD otherwise)."""
+    input size, layout, chunks (--micro-batch's default) and optimizers for this model (Muon for the *_muon
+    entries' filters, SGD otherwise)."""
     size = models.input_size(name, models.entry(name).defaults.get("img_size"))
     amp = models.amp_dtype(name, device)
     model = models.create(name, 10).to(device, memory_format=torch.channels_last)

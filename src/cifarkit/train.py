@@ -18,8 +18,8 @@ continues from it on the same curve, because batches depend only on (seed, epoch
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -50,7 +50,7 @@ MUON = dict(momentum=0.6, ns_steps=3, sgd_momentum=0.85, head_lr=0.67, bias_lr=0
 # A CPU computes a batch of 1000 or more in chunks of at most this many images by default (--micro-batch): its
 # cache holds a chunk's feature maps. fast_cnn_muon's epochs took 72-80 s in whole batches of 2000, 55-58 s in chunks
 # of 1000 or 250 (2-core AMD EPYC with AVX512-BF16, bf16); 1000 keeps batch norm's statistics closer to the batch's
-# (93.66% against 93.17% without TTA, one run each). A GPU takes the batch whole.
+# (93.66% against 93.17% without TTA, one run each at 0.8 and 0.78 x the peer's time). A GPU takes the batch whole.
 CPU_MICRO_BATCH = 1000
 EXTENDABLE = ("epochs", "time_budget")  # what --resume may change: the length of the run
 FINE_TUNING = ("freeze_epochs", "backbone_lr_scale", "frozen_stages")  # a registry's, for starts from weights only
