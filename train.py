@@ -78,7 +78,7 @@ def parser():
     p.add_argument("--micro-batch", type=int, default=None, metavar="M",
                    help="compute each batch's gradients in chunks of at most M images, then take one step: the "
                         "same recipe, faster on a CPU whose cache a large batch's feature maps overflow; 0: the "
-                        f"batch whole (default: {train.CPU_MICRO_BATCH} on a CPU for batches of 1000 or more, "
+                        f"batch whole (default: {train.CPU_MICRO_BATCH} on a CPU for larger batches, "
                         "else whole)")
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate, SGD+Nesterov: the classifier's, the other layers' x --backbone-lr-scale; "

@@ -162,7 +162,7 @@ def test_micro_batches_give_the_whole_batch_loss_and_gradients(soft):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_a_cpu_takes_batches_of_1000_or_more_in_chunks_by_default(cifar10_dir, tmp_path):
+def test_a_cpu_takes_batches_over_1000_in_chunks_by_default(cifar10_dir, tmp_path):
     base = ["--dataset", "cifar10", "--data-dir", str(cifar10_dir), *SMALL, *NARROW, "--output", str(tmp_path)]
     assert train.setup(_parse([*base, "-b", "2000", "--experiment", "a"])).args.micro_batch == train.CPU_MICRO_BATCH
     assert train.setup(_parse([*base, "--experiment", "b"])).args.micro_batch == 0  # -b 16: whole
