@@ -79,6 +79,8 @@ def main():
         if a.speed_only <= 0 or a.batch_size < 1:
             raise UserError("--speed-only must be a positive number of seconds, --batch-size at least 1")
         device = runtime.pick_device(a.device)
+        if device.type == "cpu":
+            runtime.keep_freed_memory()  # as train.py does
         print(f"training images/s on random batches of {a.batch_size}, {a.speed_only:g} s each, on "
               f"{runtime.device_name(device)}, {torch.get_num_threads()} threads, channels_last, each model's "
               f"own input size, autocast and optimizers (as train.py):")

@@ -37,6 +37,24 @@ def cpu_has_native_bf16():
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def keep_freed_memory():
+    """glibc's malloc gives each buffer over 32 MB its own mmap and unmaps it when freed, so the kernel
+    zeroes every page of a CPU batch's feature maps again at each step (16.5 M page faults where 0.7 M remain
+    with this; fast_cnn_muon's CPU epoch 51 s against 63-69 s on a 2-core AMD EPYC). From now on every buffer
+    comes from the heap and freed memory is kept for the next step (up to 2 GB idle). Returns False where the
+    C library has no mallopt (not glibc): nothing changes there."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 def device_name(device):
     """What a report should name: the GPU model, or the CPU model and its core count."""
     if device.type == "cuda":

@@ -246,6 +246,8 @@ def setup(args):
     from timm.utils import ModelEmaV3
 
     dist, device = runtime.init_distributed(getattr(args, "device", "auto"))
+    if device.type == "cpu":
+        runtime.keep_freed_memory()
     args, run_dir, saved = _open_run(args, dist)
     if args.micro_batch is None:  # a new run's default; a run saved before --micro-batch took whole batches
         args.micro_batch = default_micro_batch(device, args.batch_size) if saved is None else 0
