@@ -84,6 +84,7 @@ def test_final_fit_trains_on_every_labelled_image(cifar10_dir, train_main, predi
                                           "--train-on-val", "--experiment", "final"], capsys)
     assert code == 0, err
     assert "final fit on train + val: all 120 labelled images" in out and "no validation figure exists" in out
+    assert "epoch   2  train loss" in out and "no val images" in out and "nan" not in out
     cfg = json.loads((tmp_path / "runs" / "final" / "config.json").read_text())
     assert cfg["train_images"] == 120 and cfg["val_images"] == 0
     assert pd.read_csv(tmp_path / "runs" / "final" / "log.csv")["val_acc"].isna().all()

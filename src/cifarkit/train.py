@@ -596,8 +596,9 @@ class Writer:
             checkpoint.save(r.run_dir / "best.pt", dict(
                 r.meta, state_dict=r.eval_model.state_dict(), epoch=st.epoch, val_acc=val_acc,
                 best_val_acc=val_acc, train_seconds=st.train_seconds))
-        print(f"epoch {st.epoch:3d}  train loss {loss / seen:.4f} acc {right / seen:.4f}  "
-              f"val loss {val_loss:.4f} acc {val_acc:.4f}  lr {lr:.4g}  {epoch_seconds:.1f}s", flush=True)
+        val = f"val loss {val_loss:.4f} acc {val_acc:.4f}" if r.config["val_images"] else "no val images"
+        print(f"epoch {st.epoch:3d}  train loss {loss / seen:.4f} acc {right / seen:.4f}  {val}  lr {lr:.4g}  "
+              f"{epoch_seconds:.1f}s", flush=True)
 
     def plot(self, every=0):
         """curves.png from the epochs so far, unless it already shows them all or was drawn less than `every`
@@ -647,8 +648,8 @@ def fit(args):
         if not st.rows:
             raise UserError("no epoch finished: raise --time-budget or --epochs")
         w.plot()
-        w.print(f"done: best val acc {st.best:.4f}, {st.train_seconds:.0f} s of training on {r.device}; "
-                f"run in {r.run_dir}/")
+        best = f"best val acc {st.best:.4f}, " if r.config["val_images"] else ""
+        w.print(f"done: {best}{st.train_seconds:.0f} s of training on {r.device}; run in {r.run_dir}/")
     except RuntimeError as e:
         raise runtime.lost_peer(e, r.dist, r.run_dir) from None
     finally:
