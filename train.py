@@ -77,9 +77,8 @@ def parser():
                         "change (default: the model's)")
     p.add_argument("--micro-batch", type=int, default=None, metavar="M",
                    help="compute each batch's gradients in chunks of at most M images, then take one step: the "
-                        "same recipe, faster on a CPU whose cache a large batch's feature maps overflow; 0: the "
-                        f"batch whole (default: {train.CPU_MICRO_BATCH} on a CPU for larger batches, "
-                        "else whole)")
+                        "same recipe in less memory (batch norm sees a chunk at a time); 0: the batch whole "
+                        f"(default: {train.CPU_MICRO_BATCH} on a CPU for larger batches, else whole)")
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate, SGD+Nesterov: the classifier's, the other layers' x --backbone-lr-scale; "
                         "for a Muon model (fast_cnn_muon) Muon's, for the conv filters, its SGD groups keeping "

@@ -47,10 +47,10 @@ GLOBAL_DEFAULTS = dict(epochs=10, lr=0.05, batch_size=128, weight_decay=5e-4, au
 # image of the batch (the record sums its loss over the batch), --weight-decay per image too; the whitening
 # bias trains for the first 3/8 of the run only, its rate falling to 0 by then.
 MUON = dict(momentum=0.6, ns_steps=3, sgd_momentum=0.85, head_lr=0.67, bias_lr=0.053, whiten_share=3 / 8)
-# A CPU computes a larger batch in chunks of at most this many images by default (--micro-batch): its
-# cache holds a chunk's feature maps. fast_cnn_muon's epochs took 72-80 s in whole batches of 2000, 55-58 s in chunks
-# of 1000 or 250 (2-core AMD EPYC with AVX512-BF16, bf16); 1000 keeps batch norm's statistics closer to the batch's
-# (93.66% against 93.17% without TTA, one run each at 0.8 and 0.78 x the peer's time). A GPU takes the batch whole.
+# A CPU computes a larger batch in chunks of at most this many images by default (--micro-batch): peak memory
+# 2.4 GB against 3.5 GB whole for fast_cnn_muon's 2000, at the same speed once malloc keeps freed memory (epoch 1
+# 50.0 s against 49.8 s; the 55-58 s against 72-80 s first measured for chunks came from page faults, see
+# runtime.keep_freed_memory). Every CPU accuracy figure of the speed recipe was measured with chunks of 1000.
 CPU_MICRO_BATCH = 1000
 EXTENDABLE = ("epochs", "time_budget")  # what --resume may change: the length of the run
 FINE_TUNING = ("freeze_epochs", "backbone_lr_scale", "frozen_stages")  # a registry's, for starts from weights only
@@ -483,7 +483,7 @@ def default_micro_batch(device, batch_size):
 def forward_backward(r, x, target):
     """The batch's outputs and mean loss, its gradients accumulated: in chunks of --micro-batch images where
     that is set, each chunk's loss weighted by its share of the batch, so the step is the batch's (batch norm
-    aside, which normalises each chunk by its own statistics). A CPU keeps a chunk's feature maps in cache."""
+    aside, which normalises each chunk by its own statistics), with a chunk's feature maps in memory at a time."""
     n = -(-len(x) // (r.args.micro_batch or len(x)))  # chunks of equal size (within one image), none larger
     outs, total = [], 0
     for i, (xc, tc) in enumerate(zip(x.tensor_split(n), target.tensor_split(n))):
