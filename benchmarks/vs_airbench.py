@@ -19,6 +19,9 @@ On a GPU, --peer-kind original runs the published airbench94_muon.py (github.com
 unchanged: it compiles for minutes in a warm-up run that its seconds leave out, as its own figures do, then runs 200
 times (TORCHDYNAMO_DISABLE=1 in the environment runs it uncompiled).
 
+Every CPU run of ours tells malloc to keep freed memory (cifarkit.runtime.keep_freed_memory: 0.7 x the seconds an
+epoch on a 2-core AMD EPYC); --peer-malloc keep gives the peer the same, to compare the recipes alone.
+
 The peer's output is kept in --output/peer-<time>.log. Its epochs take minutes to hours on a CPU, so to try more of
 ours against it later on the same machine, pass its figures from that log with --peer-result ACCURACY SECONDS.
 """
@@ -46,24 +49,33 @@ from cifarkit.errors import HelpFormatter, UserError, cli  # noqa: E402
 
 RESULT = re.compile(r"TTA test accuracy ([0-9.]+), ([0-9.]+) s of training\+eval")
 
-# Runs the script in argv[1] as __main__ with every CPU autocast region turned off (fp32): the peer's file
-# stays as it is, only torch.autocast is swapped before it is imported.
+# What runs before the peer's file, in its process, for --peer-autocast off and --peer-malloc keep: the file stays
+# as it is. The first turns every CPU autocast region off (fp32) by swapping torch.autocast before the peer imports
+# it; the second gives malloc the setting every CPU run of ours has (runtime.keep_freed_memory).
 WITHOUT_CPU_AUTOCAST = """
-import runpy, sys, torch
+import torch
 class Autocast(torch.autocast):
     def __init__(self, device_type, dtype=None, enabled=True, cache_enabled=None):
         super().__init__(device_type, dtype, enabled and device_type != "cpu", cache_enabled)
 torch.autocast = Autocast
+"""
+KEEP_FREED_MEMORY = """
+from cifarkit import runtime
+assert runtime.keep_freed_memory(), "--peer-malloc keep: this C library has no mallopt"
+"""
+RUN_PEER = """
+import runpy, sys
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def run_peer(peer, data_dir, epochs, autocast=True, log=None, cwd=None, time_limit=None):
+def run_peer(peer, data_dir, epochs, autocast=True, log=None, cwd=None, time_limit=None, keep_memory=False):
     """The peer's own (accuracy, seconds of training + its final TTA evaluation, runs), from its output (see
     peer_figures); its output is passed through as it comes, since it runs for minutes, and kept in `log` once it
     has given its figures. After `time_limit` seconds the peer is stopped and the runs it finished count."""
-    launch = [] if autocast else ["-c", WITHOUT_CPU_AUTOCAST]
+    prelude = ("" if autocast else WITHOUT_CPU_AUTOCAST) + (KEEP_FREED_MEMORY if keep_memory else "")
+    launch = ["-c", prelude + RUN_PEER] if prelude else []
     data_arg = Path(data_dir).resolve() if cwd else data_dir  # the original GPU script runs in a folder of its own
     proc = subprocess.Popen([sys.executable, *launch, str(Path(peer).resolve()), str(data_arg), f"{epochs:g}"],
                             cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -164,6 +176,10 @@ def main():
     p.add_argument("--peer-epochs", type=float, default=8, help="the peer's epochs (its own default)")
     p.add_argument("--peer-autocast", choices=["auto", "on", "off"], default="auto",
                    help="the peer's bf16 CPU autocast: auto turns it off where the CPU has no native bf16")
+    p.add_argument("--peer-malloc", choices=["as-is", "keep"], default="as-is",
+                   help="keep: run the peer with the malloc setting of our CPU runs (freed memory kept, see "
+                        "cifarkit.runtime.keep_freed_memory), to compare the recipes without it; as-is: the peer "
+                        "as published")
     p.add_argument("--peer-result", type=float, nargs=2, metavar=("ACCURACY", "SECONDS"),
                    help="the peer's figures from an earlier run on this machine (its result line, e.g. 0.9388 4466): "
                         "the peer is not run again")
@@ -213,7 +229,8 @@ def main():
         if original:
             airbench_data(data, cwd)
         log = Path(a.output) / f"peer-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        peer_acc, peer_s, peer_runs = run_peer(peer, data, a.peer_epochs, autocast, log, cwd, a.peer_time_limit)
+        peer_acc, peer_s, peer_runs = run_peer(peer, data, a.peer_epochs, autocast, log, cwd, a.peer_time_limit,
+                                               keep_memory=a.peer_malloc == "keep")
         print(f"kept the peer's output in {log}")
     budgets = [(f"{f:g} x the peer's time", f * peer_s) for f in a.fractions]
     budgets += [(f"{a.time_budget:g} s budget", a.time_budget)] if a.time_budget else []
@@ -228,6 +245,7 @@ def main():
           f"the peer's seconds are its training + final TTA evaluation, ours training + predict.py (TTA {a.tta}):")
     print("| who | epochs | seconds | x the peer's time | test accuracy | vs the peer |\n|" + " --- |" * 6)
     fp32 = "" if autocast else ", CPU autocast off (fp32)"
+    fp32 += ", malloc keeping freed memory" if a.peer_malloc == "keep" and not a.peer_result else ""
     given = ", an earlier run's figures (--peer-result)" if a.peer_result else ""
     given += f", the mean of {peer_runs} runs" if peer_runs > 1 else ""
     print(f"| peer: {peer.name}{fp32}{given} | {a.peer_epochs:g} | {secs(peer_s)} | 1.00 | {peer_acc:.2%} | |")
