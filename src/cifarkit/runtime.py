@@ -40,7 +40,7 @@ def cpu_has_native_bf16():
 def keep_freed_memory():
     """glibc's malloc gives each buffer over 32 MB its own mmap and unmaps it when freed, so the kernel
     zeroes every page of a CPU batch's feature maps again at each step (16.5 M page faults where 0.7 M remain
-    with this; fast_cnn_muon's CPU epoch 51 s against 63-69 s on a 2-core AMD EPYC). From now on every buffer
+    with this; fast_cnn_muon's CPU epoch 50-51 s against 63-69 s on a 2-core AMD EPYC). From now on every buffer
     comes from the heap and freed memory is kept for the next step (up to 2 GB idle). Returns False where the
     C library has no mallopt (not glibc): nothing changes there."""
     import ctypes
