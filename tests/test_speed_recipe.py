@@ -233,20 +233,24 @@ if sys.argv[1] == "keep":
     assert runtime.keep_freed_memory()
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for step in range(6):  # a step's feature maps (144 MB), made, touched and freed
+steps = []
+for step in range(16):  # a step's feature maps (144 MB), made, touched and freed
     before = faults()
     maps = [torch.ones(n * 2**20) for n in (12, 16, 8)]
     del maps
-print(faults() - before)
+    steps.append(faults() - before)
+print(*steps[1:])
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_freed_feature_maps_are_reused_not_faulted_in_again():
     """Without keep_freed_memory every step's large buffers are new pages (36,864 faults for 144 MB);
-    with it, once the heap has settled, a step reuses the pages of the one before."""
-    def last_step_faults(mode):
-        return int(subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True,
-                                  check=True).stdout)
-    assert last_step_faults("plain") > 30_000
-    assert last_step_faults("keep") < 1_000
+    with it the heap settles within a few steps (how many varies from run to run) and a step then reuses the
+    pages of the one before: 0.07-0.17 x the plain steps' faults over 15 steps, in 8 runs."""
+    def step_faults(mode):
+        out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True)
+        return [int(n) for n in out.stdout.split()]
+    plain, keep = step_faults("plain"), step_faults("keep")
+    assert min(plain) > 30_000
+    assert sum(keep) < 0.3 * sum(plain) and sum(n < 1_000 for n in keep) >= 3, keep

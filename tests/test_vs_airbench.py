@@ -122,11 +122,13 @@ MALLOC_PEER = f"""
 import resource, sys, torch
 with torch.autocast("cpu", dtype=torch.bfloat16):
     print("autocast", torch.is_autocast_enabled("cpu"))
-for step in range(6):  # a step's feature maps (144 MB), made, touched and freed
+steps = []
+for step in range(16):  # a step's feature maps (144 MB), made, touched and freed
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     maps = [torch.ones(n * 2**20) for n in (12, 16, 8)]
     del maps
-print("faults", resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    steps.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print("faults", *steps[1:])
 print({RESULT!r})
 """
 
@@ -134,8 +136,9 @@ print({RESULT!r})
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 @pytest.mark.parametrize("autocast", [True, False])
 def test_peer_malloc_keep_gives_the_peer_our_malloc_setting(tmp_path, capsys, autocast):
-    """--peer-malloc keep: the peer's freed feature maps are reused, not faulted in afresh each step (as in our
-    runs); as-is: the peer as published. Either way with its CPU autocast as asked."""
+    """--peer-malloc keep: the peer's freed feature maps are reused once its heap has settled, not faulted in
+    afresh each step (as in our runs, see test_speed_recipe); as-is: the peer as published. Either way with its
+    CPU autocast as asked."""
     peer = tmp_path / "peer.py"
     peer.write_text(MALLOC_PEER)
     faults = {}
@@ -143,8 +146,9 @@ def test_peer_malloc_keep_gives_the_peer_our_malloc_setting(tmp_path, capsys, au
         assert load_bench().run_peer(peer, "DATA", 2, autocast, keep_memory=keep) == (0.5, 4.0, 1)
         out = capsys.readouterr().out
         assert f"peer | autocast {autocast}\n" in out
-        faults[keep] = int(out.split("peer | faults ")[1].split()[0])
-    assert faults[False] > 30_000 and faults[True] < 1_000
+        faults[keep] = [int(n) for n in out.split("peer | faults ")[1].split("\n")[0].split()]
+    assert min(faults[False]) > 30_000
+    assert sum(faults[True]) < 0.3 * sum(faults[False]) and sum(n < 1_000 for n in faults[True]) >= 3, faults[True]
 
 
 def load_bench():
