@@ -205,6 +205,8 @@ def main():
     if (a.peer_epochs <= 0 or any(f <= 0 for f in a.fractions) or a.time_budget < 0
             or (a.peer_time_limit is not None and a.peer_time_limit <= 0)):
         raise UserError("--peer-epochs, --fractions and --peer-time-limit must be positive, --time-budget 0 or more")
+    if a.peer_malloc == "keep" and a.peer_result:
+        raise UserError("--peer-malloc keep sets how the peer runs, and --peer-result does not run it: give one")
     if a.peer_kind == "original" and not a.peer_result and not torch.cuda.is_available():
         raise UserError("--peer-kind original: the published script needs a CUDA GPU; on a CPU run its CPU port")
     if any(f == "--experiment" or f.startswith("--experiment=") for f in a.extra):
@@ -244,11 +246,11 @@ def main():
     print(f"\nCIFAR-10 test accuracy (the official test set) on {machine}; "
           f"the peer's seconds are its training + final TTA evaluation, ours training + predict.py (TTA {a.tta}):")
     print("| who | epochs | seconds | x the peer's time | test accuracy | vs the peer |\n|" + " --- |" * 6)
-    fp32 = "" if autocast else ", CPU autocast off (fp32)"
-    fp32 += ", malloc keeping freed memory" if a.peer_malloc == "keep" and not a.peer_result else ""
+    setting = "" if autocast else ", CPU autocast off (fp32)"
+    setting += ", malloc keeping freed memory" if a.peer_malloc == "keep" else ""
     given = ", an earlier run's figures (--peer-result)" if a.peer_result else ""
     given += f", the mean of {peer_runs} runs" if peer_runs > 1 else ""
-    print(f"| peer: {peer.name}{fp32}{given} | {a.peer_epochs:g} | {secs(peer_s)} | 1.00 | {peer_acc:.2%} | |")
+    print(f"| peer: {peer.name}{setting}{given} | {a.peer_epochs:g} | {secs(peer_s)} | 1.00 | {peer_acc:.2%} | |")
     for r in rows:
         print(f"| ours: {ours}, {r['name']} | {r['epochs']} | {secs(r['total'])} "
               f"({secs(r['train_seconds'])} + {secs(r['predict_seconds'])}) | {r['total'] / peer_s:.2f} | "

@@ -15,7 +15,7 @@ from cifarkit.augment import RECIPES, alternating_flips
 from cifarkit.loader import DeviceLoader, Normalize
 from cifarkit.predict import evaluate
 
-from conftest import ROOT, load_script, resumes_as_if_never_stopped
+from conftest import FAULT_STEPS, ROOT, assert_pages_reused, fault_counts, load_script, resumes_as_if_never_stopped
 
 SMALL = ["--train-per-class", "9", "--val-per-class", "3", "--device", "cpu", "-b", "16", "--no-amp"]
 NARROW = ["--model", "fast_cnn_muon", "--model-kwargs", "widths=(16,32,32)"]
@@ -226,31 +226,10 @@ def test_speed_only_times_each_model_with_its_own_optimizers(monkeypatch, name, 
         assert scales == pytest.approx([train.MUON[k] * 8 / 0.24 for k in ("bias_lr", "bias_lr", "head_lr")])
 
 
-FAULTS = """
-import resource, sys, torch
-from cifarkit import runtime
-if sys.argv[1] == "keep":
-    assert runtime.keep_freed_memory()
-def faults():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-steps = []
-for step in range(16):  # a step's feature maps (144 MB), made, touched and freed
-    before = faults()
-    maps = [torch.ones(n * 2**20) for n in (12, 16, 8)]
-    del maps
-    steps.append(faults() - before)
-print(*steps[1:])
-"""
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_freed_feature_maps_are_reused_not_faulted_in_again():
-    """Without keep_freed_memory every step's large buffers are new pages (36,864 faults for 144 MB);
-    with it the heap settles within a few steps (how many varies from run to run) and a step then reuses the
-    pages of the one before: 0.07-0.17 x the plain steps' faults over 15 steps, in 8 runs."""
     def step_faults(mode):
-        out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True)
-        return [int(n) for n in out.stdout.split()]
-    plain, keep = step_faults("plain"), step_faults("keep")
-    assert min(plain) > 30_000
-    assert sum(keep) < 0.3 * sum(plain) and sum(n < 1_000 for n in keep) >= 3, keep
+        keep = "from cifarkit import runtime\nassert runtime.keep_freed_memory()\n" if mode == "keep" else ""
+        out = subprocess.run([sys.executable, "-c", keep + FAULT_STEPS], capture_output=True, text=True, check=True)
+        return fault_counts(out.stdout)
+    assert_pages_reused(step_faults("plain"), step_faults("keep"))

@@ -13,7 +13,7 @@ import pytest
 
 from cifarkit import predict
 from cifarkit.errors import UserError
-from conftest import ROOT, write_cifar10
+from conftest import FAULT_STEPS, ROOT, assert_pages_reused, fault_counts, write_cifar10
 
 RESULT = "airbench94_muon (CPU port): 1 epochs, TTA test accuracy 0.5000, 4.0 s of training+eval"
 
@@ -119,16 +119,10 @@ def test_the_peer_runs_unchanged_with_its_cpu_autocast_on_or_off(tmp_path, capsy
 
 
 MALLOC_PEER = f"""
-import resource, sys, torch
+import torch
 with torch.autocast("cpu", dtype=torch.bfloat16):
     print("autocast", torch.is_autocast_enabled("cpu"))
-steps = []
-for step in range(16):  # a step's feature maps (144 MB), made, touched and freed
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    maps = [torch.ones(n * 2**20) for n in (12, 16, 8)]
-    del maps
-    steps.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print("faults", *steps[1:])
+{FAULT_STEPS}
 print({RESULT!r})
 """
 
@@ -136,9 +130,8 @@ print({RESULT!r})
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 @pytest.mark.parametrize("autocast", [True, False])
 def test_peer_malloc_keep_gives_the_peer_our_malloc_setting(tmp_path, capsys, autocast):
-    """--peer-malloc keep: the peer's freed feature maps are reused once its heap has settled, not faulted in
-    afresh each step (as in our runs, see test_speed_recipe); as-is: the peer as published. Either way with its
-    CPU autocast as asked."""
+    """--peer-malloc keep: the peer's freed feature maps are reused, not faulted in afresh each step, as in our
+    runs; as-is: the peer as published. Either way with its CPU autocast as asked."""
     peer = tmp_path / "peer.py"
     peer.write_text(MALLOC_PEER)
     faults = {}
@@ -146,9 +139,15 @@ def test_peer_malloc_keep_gives_the_peer_our_malloc_setting(tmp_path, capsys, au
         assert load_bench().run_peer(peer, "DATA", 2, autocast, keep_memory=keep) == (0.5, 4.0, 1)
         out = capsys.readouterr().out
         assert f"peer | autocast {autocast}\n" in out
-        faults[keep] = [int(n) for n in out.split("peer | faults ")[1].split("\n")[0].split()]
-    assert min(faults[False]) > 30_000
-    assert sum(faults[True]) < 0.3 * sum(faults[False]) and sum(n < 1_000 for n in faults[True]) >= 3, faults[True]
+        faults[keep] = fault_counts(out)
+    assert_pages_reused(faults[False], faults[True])
+
+
+def test_peer_malloc_with_an_earlier_peer_result_is_one_line(tmp_path):
+    r = bench(tmp_path, "open('peer-ran', 'w').close()\n", options=["--peer-malloc", "keep", "--peer-result", "0.94",
+                                                                    "400"])
+    assert r.returncode == 2 and "--peer-malloc keep sets how the peer runs" in r.stderr, r.stderr[-800:]
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
 
 
 def load_bench():
