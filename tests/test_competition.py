@@ -89,7 +89,9 @@ def test_final_fit_trains_on_every_labelled_image(cifar10_dir, train_main, predi
     assert cfg["train_images"] == 120 and cfg["val_images"] == 0
     assert pd.read_csv(tmp_path / "runs" / "final" / "log.csv")["val_acc"].isna().all()
     assert checkpoint.load(tmp_path / "runs" / "final" / "best.pt")["epoch"] == 2  # the last epoch's weights
-    assert run_cli(predict_main, ["--score"], capsys)[0] == 0
+    code, out, err = run_cli(predict_main, ["--score"], capsys)
+    assert code == 0, err
+    assert "(simple_cnn, epoch 2, trained on train + val)" in out and "nan" not in out
 
 
 def test_pseudo_labels_add_only_confident_test_images_with_their_labels(members, train_main, capsys, tmp_path,

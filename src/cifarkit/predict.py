@@ -160,7 +160,8 @@ def run(args):
     probs = torch.stack([probabilities(c, m, images, device, models.amp_dtype(c["model"], device, args.amp), args.tta)
                          for c, m in members]).mean(0).cpu()
     labels = probs.argmax(1).numpy()
-    what = (f"{paths[0]} ({first['model']}, epoch {first['epoch']}, val acc {first['val_acc']:.4f})" if len(paths) == 1
+    val = "trained on train + val" if math.isnan(first["val_acc"]) else f"val acc {first['val_acc']:.4f}"
+    what = (f"{paths[0]} ({first['model']}, epoch {first['epoch']}, {val})" if len(paths) == 1
             else f"the average of {len(paths)} checkpoints' probabilities")
     if args.save_probs:
         table = pd.DataFrame(probs.numpy(), columns=first["classes"])
