@@ -171,6 +171,21 @@ def test_a_cpu_takes_batches_over_1000_in_chunks_by_default(cifar10_dir, tmp_pat
     assert train.setup(_parse([*base, "-b", "2000", "--micro-batch", "0", "--experiment", "c"])).args.micro_batch == 0
 
 
+def test_a_cpu_trains_fast_cnn_muon_in_batches_of_1000_unless_told(cifar10_dir, tmp_path):
+    """The record's batches of 2000 at Muon rate 0.24 on a GPU; on a CPU 1000 at 0.17; flags given win either way."""
+    base = ["--dataset", "cifar10", "--data-dir", str(cifar10_dir), *SMALL[:4], "--device", "cpu", *NARROW]
+    r = train.setup(_parse([*base, "--output", str(tmp_path), "--experiment", "cpu"]))
+    assert (r.args.batch_size, r.args.lr, r.args.micro_batch) == (1000, 0.17, 0)  # whole: no chunks needed
+    assert {k: train.recipe_defaults("fast_cnn_muon")[k] for k in ("batch_size", "lr")} == dict(batch_size=2000, lr=0.24)
+    assert {k: train.recipe_defaults("fast_cnn_muon", cpu=True)[k] for k in ("batch_size", "lr")} == dict(
+        batch_size=1000, lr=0.17)
+    assert train.recipe_defaults("fast_cnn_s_muon", cpu=True) == train.recipe_defaults("fast_cnn_s_muon")
+    got = train.resolve(_parse(["--model", "fast_cnn_muon"]), cpu=True)
+    assert (got.batch_size, got.lr, got.weight_decay, got.epochs) == (1000, 0.17, 2e-6, 8)
+    got = train.resolve(_parse(["--model", "fast_cnn_muon", "-b", "2000", "--lr", "0.24"]), cpu=True)
+    assert (got.batch_size, got.lr) == (2000, 0.24)
+
+
 def test_micro_batches_resume_exactly_and_chunk_every_step(cifar10_dir, train_main, capsys, tmp_path):
     """--micro-batch 6 with batches of 16: every step is three chunks (6, 5, 5), and a run stopped after epoch 1
     and resumed logs what the whole run logs."""

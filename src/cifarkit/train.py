@@ -56,17 +56,19 @@ EXTENDABLE = ("epochs", "time_budget")  # what --resume may change: the length o
 FINE_TUNING = ("freeze_epochs", "backbone_lr_scale", "frozen_stages")  # a registry's, for starts from weights only
 
 
-def recipe_defaults(name):
-    """A model's recipe, each training flag from its registry defaults, else the global ones."""
+def recipe_defaults(name, cpu=False):
+    """A model's recipe, each training flag from its registry defaults, else the global ones; on a CPU an entry's
+    `cpu_<flag>` wins (a recipe tuned where a step's cost does not depend on the batch size)."""
     defaults = models.entry(name).defaults
-    return {k: defaults.get(k, v) for k, v in GLOBAL_DEFAULTS.items()}
+    return {k: defaults.get(f"cpu_{k}", defaults.get(k, v)) if cpu else defaults.get(k, v)
+            for k, v in GLOBAL_DEFAULTS.items()}
 
 
-def resolve(args):
-    """Fill the flags left unset (None) from the model's recipe (recipe_defaults)."""
+def resolve(args, cpu=False):
+    """Fill the flags left unset (None) from the model's recipe (recipe_defaults) for the device (cpu or not)."""
     e = models.entry(args.model)
     asked = {k for k in FINE_TUNING if getattr(args, k, None) is not None}
-    for k, v in recipe_defaults(args.model).items():
+    for k, v in recipe_defaults(args.model, cpu).items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
     if args.initial_checkpoint:
@@ -206,11 +208,11 @@ class Run:
         return self.state.step / (self.args.epochs * len(self.train_loader))
 
 
-def _open_run(args, dist):
+def _open_run(args, dist, device):
     """(args, run folder, saved last.pt or None): a new run's resolved flags, or a resumed run's own,
     lengthened if --epochs / --time-budget ask for it."""
     if not getattr(args, "resume", None):
-        args = resolve(args)
+        args = resolve(args, device.type == "cpu")
         name = dist.broadcast(args.experiment or f"{args.dataset}-{args.model}-{datetime.now():%Y%m%d-%H%M%S}")
         run_dir = Path(args.output) / name
         if (run_dir / "last.pt").exists():
@@ -248,7 +250,7 @@ def setup(args):
     dist, device = runtime.init_distributed(getattr(args, "device", "auto"))
     if device.type == "cpu":
         runtime.keep_freed_memory()
-    args, run_dir, saved = _open_run(args, dist)
+    args, run_dir, saved = _open_run(args, dist, device)
     if args.micro_batch is None:  # a new run's default; a run saved before --micro-batch took whole batches
         args.micro_batch = default_micro_batch(device, args.batch_size) if saved is None else 0
     if dist.world > 1:
