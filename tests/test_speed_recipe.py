@@ -172,7 +172,8 @@ def test_a_cpu_takes_batches_over_1000_in_chunks_by_default(cifar10_dir, tmp_pat
 
 
 def test_a_cpu_trains_fast_cnn_muon_in_batches_of_1000_unless_told(cifar10_dir, tmp_path):
-    """The record's batches of 2000 at Muon rate 0.24 on a GPU; on a CPU 1000 at 0.17; flags given win either way."""
+    """The record's batches of 2000 at Muon rate 0.24 on a GPU; on a CPU 1000 at 0.17, unless -b asks for
+    another batch (the rate goes with its batch); an --lr given wins either way."""
     base = ["--dataset", "cifar10", "--data-dir", str(cifar10_dir), *SMALL[:4], "--device", "cpu", *NARROW]
     r = train.setup(_parse([*base, "--output", str(tmp_path), "--experiment", "cpu"]))
     assert (r.args.batch_size, r.args.lr, r.args.micro_batch) == (1000, 0.17, 0)  # whole: no chunks needed
@@ -182,7 +183,11 @@ def test_a_cpu_trains_fast_cnn_muon_in_batches_of_1000_unless_told(cifar10_dir, 
     assert train.recipe_defaults("fast_cnn_s_muon", cpu=True) == train.recipe_defaults("fast_cnn_s_muon")
     got = train.resolve(_parse(["--model", "fast_cnn_muon"]), cpu=True)
     assert (got.batch_size, got.lr, got.weight_decay, got.epochs) == (1000, 0.17, 2e-6, 8)
-    got = train.resolve(_parse(["--model", "fast_cnn_muon", "-b", "2000", "--lr", "0.24"]), cpu=True)
+    got = train.resolve(_parse(["--model", "fast_cnn_muon", "--lr", "0.2"]), cpu=True)
+    assert (got.batch_size, got.lr) == (1000, 0.2)
+    got = train.resolve(_parse(["--model", "fast_cnn_muon", "-b", "1000"]), cpu=True)  # the default, spelled out
+    assert (got.batch_size, got.lr) == (1000, 0.17)
+    got = train.resolve(_parse(["--model", "fast_cnn_muon", "-b", "2000"]), cpu=True)  # the record's recipe whole
     assert (got.batch_size, got.lr) == (2000, 0.24)
 
 

@@ -65,9 +65,11 @@ def recipe_defaults(name, cpu=False):
 
 
 def resolve(args, cpu=False):
-    """Fill the flags left unset (None) from the model's recipe (recipe_defaults) for the device (cpu or not)."""
+    """Fill the flags left unset (None) from the model's recipe (recipe_defaults) for the device (cpu or not).
+    A CPU's `cpu_` values are tuned to its batch size, so another -b takes the model's recipe for the rest."""
     e = models.entry(args.model)
     asked = {k for k in FINE_TUNING if getattr(args, k, None) is not None}
+    cpu = cpu and getattr(args, "batch_size", None) in (None, e.defaults.get("cpu_batch_size"))
     for k, v in recipe_defaults(args.model, cpu).items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
