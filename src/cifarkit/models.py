@@ -190,8 +190,8 @@ def fast_cnn_muon(num_classes, widths=(64, 256, 256)):
     """fast_cnn trained as the CIFAR-10 speed record trains it (airbench94_muon): Muon for the filters, batches of
     2000, shifts of 2 px and flips that alternate by epoch; batch norm without a trainable scale, the head
     started at std 1 and scaled by 1/width, as the record's rates expect (see train.MUON). On a CPU, batches of
-    1000 at Muon rate 0.24/sqrt(2): an image costs the same there, and twice the steps gave 94.45% against 94.31% in
-    600 s (four seeds each, README)."""
+    1000 at Muon rate 0.24/sqrt(2): an image costs the same there, and twice the steps gave 94.44% against 94.26% in
+    600 s (five seeds each, README)."""
     return FastNet(num_classes, widths, group=partial(ConvGroup, bn_weight=False), logit_scale=1 / widths[-1],
                    head_std=1.0)
 
