@@ -74,7 +74,7 @@ def parser():
                    help="seconds of training; the schedule is fitted to it and --epochs is ignored")
     p.add_argument("-b", "--batch-size", type=int, default=None,
                    help="global batch size: under torchrun it is split over the processes, so --lr needs no "
-                        "change (default: the model's; on a CPU its cpu_batch_size and cpu_lr where --list-models shows them)")
+                        "change (default: the model's; on a CPU its cpu_batch_size where --list-models shows one)")
     p.add_argument("--micro-batch", type=int, default=None, metavar="M",
                    help="compute each batch's gradients in chunks of at most M images, then take one step: the "
                         "same recipe in less memory (batch norm sees a chunk at a time); 0: the batch whole "
@@ -82,7 +82,8 @@ def parser():
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate, SGD+Nesterov: the classifier's, the other layers' x --backbone-lr-scale; "
                         "for a Muon model (fast_cnn_muon) Muon's, for the conv filters, its SGD groups keeping "
-                        "their per-image rates (default: the model's; on a CPU without -b its cpu_lr where it has one)")
+                        "their per-image rates (default: the model's; on a CPU its cpu_lr where it has one, unless -b asks "
+                        "for another batch than its cpu_batch_size)")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="weight decay; for a Muon model per image of the batch (default: the model's)")
     p.add_argument("--label-smoothing", type=float, default=None, help="label smoothing (default: the model's)")

@@ -177,9 +177,8 @@ def test_a_cpu_trains_fast_cnn_muon_in_batches_of_1000_unless_told(cifar10_dir, 
     base = ["--dataset", "cifar10", "--data-dir", str(cifar10_dir), *SMALL[:4], "--device", "cpu", *NARROW]
     r = train.setup(_parse([*base, "--output", str(tmp_path), "--experiment", "cpu"]))
     assert (r.args.batch_size, r.args.lr, r.args.micro_batch) == (1000, 0.17, 0)  # whole: no chunks needed
-    assert {k: train.recipe_defaults("fast_cnn_muon")[k] for k in ("batch_size", "lr")} == dict(batch_size=2000, lr=0.24)
-    assert {k: train.recipe_defaults("fast_cnn_muon", cpu=True)[k] for k in ("batch_size", "lr")} == dict(
-        batch_size=1000, lr=0.17)
+    for cpu, want in ((False, dict(batch_size=2000, lr=0.24)), (True, dict(batch_size=1000, lr=0.17))):
+        assert {k: train.recipe_defaults("fast_cnn_muon", cpu)[k] for k in want} == want
     assert train.recipe_defaults("fast_cnn_s_muon", cpu=True) == train.recipe_defaults("fast_cnn_s_muon")
     got = train.resolve(_parse(["--model", "fast_cnn_muon"]), cpu=True)
     assert (got.batch_size, got.lr, got.weight_decay, got.epochs) == (1000, 0.17, 2e-6, 8)
