@@ -65,19 +65,25 @@ def test_one_run_folder_one_log_no_duplicate_lines(data, tmp_path):
     assert "x 2 processes" in out
 
 
-def test_two_processes_equal_one_with_the_same_global_batch(data, tmp_path, train_main):
-    """ConvNeXt normalises per image (LayerNorm), so splitting a batch over ranks changes nothing but
-    the order of float sums; a batch-norm net would see other batch statistics on each rank."""
+def test_two_processes_equal_one_with_the_same_global_batch_whole_or_in_chunks(data, tmp_path, train_main):
+    """ConvNeXt normalises per image (LayerNorm), so splitting a batch over ranks, or a rank's share into
+    --micro-batch chunks (all but the last under DDP's no_sync), changes nothing but the order of float sums;
+    a batch-norm net would see other batch statistics on each rank and chunk."""
     args = [*data, "--model", "convnext_atto", "--no-pretrained", "--epochs", "2", "-b", "16", "--seed", "5"]
-    code, out, err = finish(torchrun(*args, "--experiment", "two", cwd=tmp_path))
-    assert code == 0, err
+    for name, extra in (("two", []), ("chunks", ["--micro-batch", "3"])):  # a rank's 8 as chunks of 3, 3, 2
+        code, out, err = finish(torchrun(*args, *extra, "--experiment", name, cwd=tmp_path))
+        assert code == 0, err
+    assert "batches of 8 computed in chunks of 3" in out
     train_main([*args, "--experiment", "one"])
-    one, two = (torch.load(tmp_path / "runs" / n / "last.pt", weights_only=True) for n in ("one", "two"))
-    for k, v in one["state_dict"].items():
-        torch.testing.assert_close(two["state_dict"][k], v, rtol=1e-4, atol=1e-5, msg=k)
-    log1, log2 = (pd.read_csv(tmp_path / "runs" / n / "log.csv") for n in ("one", "two"))
-    for col in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
-        assert log2[col].tolist() == pytest.approx(log1[col].tolist(), rel=1e-4, abs=1e-6), col
+    one = torch.load(tmp_path / "runs" / "one" / "last.pt", weights_only=True)
+    log1 = pd.read_csv(tmp_path / "runs" / "one" / "log.csv")
+    for name in ("two", "chunks"):
+        other = torch.load(tmp_path / "runs" / name / "last.pt", weights_only=True)
+        for k, v in one["state_dict"].items():
+            torch.testing.assert_close(other["state_dict"][k], v, rtol=1e-4, atol=1e-5, msg=f"{name}: {k}")
+        log = pd.read_csv(tmp_path / "runs" / name / "log.csv")
+        for col in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
+            assert log[col].tolist() == pytest.approx(log1[col].tolist(), rel=1e-4, abs=1e-6), f"{name}: {col}"
 
 
 def test_time_budget_stops_every_rank_cleanly(data, tmp_path):
