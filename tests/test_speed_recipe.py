@@ -125,20 +125,24 @@ def test_muon_models_classify_10_and_100_classes(name, params):
 
 def test_fast_cnn_muon_learns_and_resumes_exactly(cifar10_dir, train_main, capsys, tmp_path):
     """Stopped after epoch 1 and resumed (Muon's and SGD's momentum from last.pt), the run logs what the
-    uninterrupted one does; the whitening bias stops changing once its share of the run is over."""
+    uninterrupted one does; the whitening bias stops changing once its share of the run is over, and from the
+    next epoch stops taking gradients (the first conv's input gradient spared), resumed or not."""
     common = ["--dataset", "cifar10", "--data-dir", str(cifar10_dir), *SMALL, *NARROW, "--epochs", "4"]
     whole = resumes_as_if_never_stopped(train_main, capsys, common, tmp_path / "runs")
     assert whole["train_acc"].iloc[-1] > 0.3  # chance is 0.1
 
     r = train.setup(_parse([*common, "--experiment", "bias"]))
     assert r.args.optimizer == "muon" and len(r.opts) == 2
-    biases = [r.model.whiten.bias.detach().clone()]
+    biases, grads = [r.model.whiten.bias.detach().clone()], []
     for _ in range(4):
         train.train_one_epoch(r, train.Writer(r))
         r.state.next_epoch()
         biases.append(r.model.whiten.bias.detach().clone())
+        grads.append(r.model.whiten.bias.grad is not None)
     assert not torch.equal(biases[0], biases[1]) and not torch.equal(biases[1], biases[2])  # it trains early
     assert torch.equal(biases[2], biases[4])  # 3/8 of 4 epochs: nothing moves it after the middle of epoch 2
+    assert grads == [True, True, False, False] and not r.model.whiten.bias.requires_grad
+    assert all(p.grad is not None for n, p in r.model.named_parameters() if n != "whiten.bias" and p.requires_grad)
 
 
 @pytest.mark.parametrize("soft", [False, True])

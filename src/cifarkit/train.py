@@ -198,7 +198,7 @@ class Run:
     mix: object  # timm Mixup/CutMix for a batch, or None
     criterion: object  # soft-target cross-entropy with mixing, else cross-entropy with label smoothing
     notes: list  # lines for the set-up message
-    frozen: bool = None  # the phase the training wrapper was built for
+    phase: tuple = None  # (frozen, parameters done with their schedule) the training wrapper was built for
 
     @property
     def eval_model(self):
@@ -452,18 +452,26 @@ def normed_muon():
 
 def set_phase(r):
     """--freeze-epochs: the classifier trains alone first, the backbone's weights and batch-norm statistics
-    held, then everything. DDP and torch.compile wrap the network for the phase's trainable set."""
+    held, then everything. A group whose schedule has ended (the whitening bias after its 3/8, at rate 0 from then
+    on) stops taking gradients from the next epoch, as the record's detach does: that spares the first conv its
+    input gradient, 6% of fast_cnn_muon's step on a CPU. DDP and torch.compile wrap the network for the phase's
+    trainable set."""
     frozen = r.state.epoch <= r.args.freeze_epochs
-    if frozen != r.frozen:
+    progress = r.progress()
+    done = [p for opt in r.opts for g in opt.param_groups if g.get("until", 1) < 1 and progress >= g["until"]
+            for p in g["params"]]
+    if (frozen, len(done)) != r.phase:
         for p in r.backbone:
             p.requires_grad_(not frozen)
+        for p in done:
+            p.requires_grad_(False)
         r.train_model = r.model
         if r.dist.world > 1:
             r.train_model = nn.parallel.DistributedDataParallel(
                 r.model, device_ids=[r.device.index] if r.device.type == "cuda" else None)
         if r.args.torchcompile:
             r.train_model = torch.compile(r.train_model, backend=r.args.torchcompile)
-        r.frozen = frozen
+        r.phase = (frozen, len(done))
     r.train_model.train()
     if frozen:
         r.model.eval()
