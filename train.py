@@ -82,8 +82,8 @@ def parser():
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate, SGD+Nesterov: the classifier's, the other layers' x --backbone-lr-scale; "
                         "for a Muon model (fast_cnn_muon) Muon's, for the conv filters, its SGD groups keeping "
-                        "their per-image rates (default: the model's; on a CPU its cpu_lr where it has one, unless -b asks "
-                        "for another batch than its cpu_batch_size)")
+                        "their per-image rates (default: the model's; on a CPU its cpu_lr where it has one, "
+                        "unless -b asks for another batch than its cpu_batch_size)")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="weight decay; for a Muon model per image of the batch (default: the model's)")
     p.add_argument("--label-smoothing", type=float, default=None, help="label smoothing (default: the model's)")
