@@ -180,13 +180,19 @@ def run_cli(main, argv, capsys):
     return code, out.out, out.err
 
 
-def resumes_as_if_never_stopped(train_main, capsys, argv, output):
-    """Train `argv` whole, then again stopped after epoch 1 (what fit() leaves there: last.pt) and resumed with
-    --resume: the two logs must match. Returns the whole run's log."""
+class _Stopped(Exception):
+    pass
+
+
+def resumes_as_if_never_stopped(train_main, capsys, argv, output, stop=None):
+    """Train `argv` whole, then again stopped and resumed with --resume: the two logs and last weights must match.
+    Stopped after epoch 1 (what fit() leaves there: last.pt), or, given `stop`, at the first mid-epoch save
+    (--checkpoint-interval) where stop(run) holds. Returns the whole run's log."""
     import pandas as pd
     import pytest
+    import torch
 
-    from cifarkit import train
+    from cifarkit import checkpoint, train
     from cifarkit.predict import evaluate
 
     argv = [*argv, "--output", str(output)]
@@ -194,15 +200,35 @@ def resumes_as_if_never_stopped(train_main, capsys, argv, output):
     assert code == 0, err
     r = train.setup(load_script("train").parser().parse_args([*argv, "--experiment", "cut"]))
     w = train.Writer(r)
+    save = w.save_last
+
+    def save_then_maybe_stop(*sums):
+        save(*sums)
+        if sums and stop(r):  # a mid-epoch save
+            raise _Stopped
+
+    if stop:
+        w.save_last = save_then_maybe_stop
     w.start()
-    w.end_epoch(*train.train_one_epoch(r, w), *evaluate(r.eval_model, r.val_loader, r.device, r.amp))
-    r.state.next_epoch()
-    w.save_last()  # the process "stops" here
-    code, _, err = run_cli(train_main, ["--resume", str(output / "cut")], capsys)
+    try:
+        while r.state.epoch <= r.args.epochs:  # what fit() does, epoch by epoch
+            w.end_epoch(*train.train_one_epoch(r, w), *evaluate(r.eval_model, r.val_loader, r.device, r.amp))
+            r.state.next_epoch()
+            w.save_last()
+            if not stop:
+                break  # the process "stops" here
+    except _Stopped:
+        pass
+    else:
+        assert not stop, "stop(run) held at no mid-epoch save"
+    code, out, err = run_cli(train_main, ["--resume", str(output / "cut")], capsys)
     assert code == 0, err
+    assert f"resuming at epoch {r.state.epoch}, batch {r.state.batch}:" in out
     whole, cut = (pd.read_csv(output / n / "log.csv") for n in ("whole", "cut"))
     for col in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
         assert cut[col].tolist() == pytest.approx(whole[col].tolist(), rel=1e-5, abs=1e-6), col
+    ours, ref = (checkpoint.load(output / n / "last.pt")["state_dict"] for n in ("cut", "whole"))
+    assert all(torch.allclose(ours[k].float(), ref[k].float(), atol=1e-5) for k in ref), "last weights"
     return whole
 
 

@@ -10,13 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from cifarkit import checkpoint, models, train
+from cifarkit import models, train
 from cifarkit.augment import RECIPES, alternating_flips
 from cifarkit.loader import DeviceLoader, Normalize
 from cifarkit.predict import evaluate
 
-from conftest import (FAULT_STEPS, ROOT, assert_pages_reused, fault_counts, load_script, resumes_as_if_never_stopped,
-                      run_cli)
+from conftest import FAULT_STEPS, ROOT, assert_pages_reused, fault_counts, load_script, resumes_as_if_never_stopped
 
 SMALL = ["--train-per-class", "9", "--val-per-class", "3", "--device", "cpu", "-b", "16", "--no-amp"]
 NARROW = ["--model", "fast_cnn_muon", "--model-kwargs", "widths=(16,32,32)"]
@@ -146,50 +145,28 @@ def test_fast_cnn_muon_learns_and_resumes_exactly(cifar10_dir, train_main, capsy
     assert all(p.grad is not None for n, p in r.model.named_parameters() if n != "whiten.bias" and p.requires_grad)
 
 
-def test_fast_cnn_muon_resumes_exactly_from_mid_epoch_past_the_bias_share(cifar10_dir, train_main, capsys, tmp_path,
-                                                                         monkeypatch):
+def test_fast_cnn_muon_resumes_exactly_from_mid_epoch_past_the_bias_share(cifar10_dir, train_main, capsys, tmp_path):
     """Stopped at a mid-epoch save (--checkpoint-interval) just past the whitening bias's 3/8, in the epoch where
     the uninterrupted run still computes its gradient at rate 0: the resumed run takes none from there on (its
     phase is set from the progress it resumes at), and still logs and ends where the uninterrupted run does."""
-    argv = ["--dataset", "cifar10", "--data-dir", str(cifar10_dir), *SMALL, *NARROW, "--epochs", "4",
-            "--checkpoint-interval", "1", "--output", str(tmp_path)]
-    code, _, err = run_cli(train_main, [*argv, "--experiment", "whole"], capsys)
-    assert code == 0, err
+    common = ["--dataset", "cifar10", "--data-dir", str(cifar10_dir), *SMALL, *NARROW, "--epochs", "4",
+              "--checkpoint-interval", "1"]
+    checked = []
 
-    class Stop(Exception):
-        pass
+    def past_the_share(r):
+        share = next(g["until"] for opt in r.opts for g in opt.param_groups if g.get("until", 1) < 1)
+        if not r.progress() >= share:
+            return False
+        assert r.model.whiten.bias.requires_grad and r.model.whiten.bias.grad is not None  # on for this epoch
+        assert 0 < r.state.batch < len(r.train_loader)
+        resumed = train.setup(_parse(["--resume", str(r.run_dir)]))
+        train.set_phase(resumed)
+        assert not resumed.model.whiten.bias.requires_grad  # off from the resumed part-epoch on
+        checked.append(r.state.batch)
+        return True
 
-    r = train.setup(_parse([*argv, "--experiment", "cut"]))
-    share = next(g["until"] for opt in r.opts for g in opt.param_groups if g.get("until", 1) < 1)
-    w = train.Writer(r)
-    save = w.save_last
-
-    def save_then_stop_past_the_share(*sums):
-        save(*sums)
-        if r.state.batch and r.progress() >= share:
-            raise Stop  # the process "stops" here, last.pt just written
-
-    monkeypatch.setattr(w, "save_last", save_then_stop_past_the_share)
-    w.start()
-    with pytest.raises(Stop):
-        while True:  # what fit() does, epoch by epoch
-            w.end_epoch(*train.train_one_epoch(r, w), *evaluate(r.eval_model, r.val_loader, r.device, r.amp))
-            r.state.next_epoch()
-            w.save_last()
-    assert r.model.whiten.bias.requires_grad and r.model.whiten.bias.grad is not None  # on for this whole epoch
-    assert 0 < r.state.batch < len(r.train_loader)
-    resumed = train.setup(_parse(["--resume", str(tmp_path / "cut")]))
-    train.set_phase(resumed)
-    assert not resumed.model.whiten.bias.requires_grad  # off from the resumed part-epoch on
-
-    code, out, err = run_cli(train_main, ["--resume", str(tmp_path / "cut")], capsys)
-    assert code == 0, err
-    assert f"resuming at epoch {r.state.epoch}, batch {r.state.batch}:" in out
-    whole, cut = (pd.read_csv(tmp_path / n / "log.csv") for n in ("whole", "cut"))
-    for col in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
-        assert cut[col].tolist() == pytest.approx(whole[col].tolist(), rel=1e-5, abs=1e-6), col
-    ours, ref = (checkpoint.load(tmp_path / n / "last.pt")["state_dict"] for n in ("cut", "whole"))
-    assert all(torch.allclose(ours[k].float(), ref[k].float(), atol=1e-5) for k in ref)
+    resumes_as_if_never_stopped(train_main, capsys, common, tmp_path / "runs", stop=past_the_share)
+    assert checked
 
 
 @pytest.mark.parametrize("soft", [False, True])
