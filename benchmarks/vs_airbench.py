@@ -7,13 +7,13 @@ time-to-94% target) and --time-budget (the 10-minute budget). Ours is scored fro
 predict.py writes, against the official test labels. Prints both accuracies, both times and the ratios.
 On a CPU without native bf16 (no AVX512-BF16 or AMX) the peer runs with its CPU autocast turned off, as ours
 then does: emulated bf16 trained its network 15x slower than fp32 on such a CPU (--peer-autocast on to keep it).
-The peer trains on all 50,000 training images, ours on the split's 45,000 unless --train-on-val is
-passed after --.
+The peer trains on all 50,000 training images, and so does ours (train.py --train-on-val) unless --hold-out-val
+keeps the split's 5,000 validation images out of its training.
 
     python benchmarks/vs_airbench.py --peer ../shared/peers/airbench94_muon_cpu.py --data-dir ../shared/data
-    python benchmarks/vs_airbench.py --peer PEER --data-dir ../shared/data -- --train-on-val   # 50,000 images, as the peer
+    python benchmarks/vs_airbench.py --peer PEER --data-dir ../shared/data --hold-out-val   # ours on 45,000 images
     python benchmarks/vs_airbench.py --peer airbench94_muon.py --peer-kind original --peer-time-limit 600 \\
-        --data-dir ../shared/data --fractions 1 1.5 2 --time-budget 0 -- --train-on-val    # on a GPU: the published one
+        --data-dir ../shared/data --fractions 1 1.5 2 --time-budget 0          # on a GPU: the published one
 
 On a GPU, --peer-kind original runs the published airbench94_muon.py (github.com/KellerJordan/cifar10-airbench)
 unchanged: it compiles for minutes in a warm-up run that its seconds leave out, as its own figures do, then runs 200
@@ -183,8 +183,12 @@ def main():
     p.add_argument("--peer-result", type=float, nargs=2, metavar=("ACCURACY", "SECONDS"),
                    help="the peer's figures from an earlier run on this machine (its result line, e.g. 0.9388 4466): "
                         "the peer is not run again")
-    p.add_argument("--model", help="our model (see train.py --list-models); by default the recipe at the record's "
-                                    "widths (fast_cnn_muon) on a GPU, at CPU widths (fast_cnn_s_muon) on a CPU")
+    p.add_argument("--model", default="fast_cnn_muon",
+                   help="our model (see train.py --list-models): by default the record's recipe at its widths, ahead "
+                        "of fast_cnn_s_muon at the peer's time on both CPUs measured (README, 'The speed recipe')")
+    p.add_argument("--hold-out-val", action="store_true",
+                   help="train ours on the split's 45,000 training images alone (by default on train + val, the "
+                        "peer's 50,000)")
     p.add_argument("--fractions", type=float, nargs="*", default=[1.0, 0.8],
                    help="our training budgets as fractions of the peer's seconds")
     p.add_argument("--time-budget", type=float, default=600, help="one more budget in seconds for ours (0: none)")
@@ -211,16 +215,19 @@ def main():
         raise UserError("--peer-kind original: the published script needs a CUDA GPU; on a CPU run its CPU port")
     if any(f == "--experiment" or f.startswith("--experiment=") for f in a.extra):
         raise UserError("--experiment: this benchmark names its runs itself (a dated folder each, under --output)")
+    if a.hold_out_val and "--train-on-val" in a.extra:
+        raise UserError("--hold-out-val keeps val out of our training, and --train-on-val after -- trains on it: "
+                        "give one")
     if not a.fractions and not a.time_budget:
         raise UserError("nothing of ours to run: give --fractions or a --time-budget above 0")
     # an unknown train.py flag or model fails now, not after the peer's minutes
-    train_args, unknown = train_cli.parser().parse_known_args(["--dataset", "cifar10", "--data-dir", str(data),
+    _, unknown = train_cli.parser().parse_known_args(["--dataset", "cifar10", "--data-dir", str(data),
                                                                *a.extra])
     if unknown:
         raise UserError(f"train.py has no {' '.join(unknown)} (the flags after -- go to train.py)")
-    on_gpu = runtime.pick_device(train_args.device).type == "cuda"
-    a.model = a.model or ("fast_cnn_muon" if on_gpu else "fast_cnn_s_muon")
     models.entry(a.model)
+    if not a.hold_out_val and "--train-on-val" not in a.extra:
+        a.extra.append("--train-on-val")
 
     original = a.peer_kind == "original"  # a GPU script: no CPU autocast to turn off
     autocast = original or a.peer_autocast == "on" or (a.peer_autocast == "auto" and runtime.cpu_has_native_bf16())

@@ -1,6 +1,7 @@
 """benchmarks/vs_airbench.py end to end on tiny data, with a stand-in for the peer script: the peer's figures are
 read from its own result line, ours are scored from the CSV we wrote, and a peer that fails is one line."""
 
+import json
 import pickle
 import re
 import subprocess
@@ -39,7 +40,9 @@ def test_both_sides_in_one_table(tmp_path):
     assert log.read_text() == f"epoch 1\n{RESULT}\n" and f"kept the peer's output in runs/{log.name}" in r.stdout
     assert "(the official test set) on CPU (" in r.stdout  # the machine by name, not "cpu"
     assert re.search(r"\| peer: peer\.py(, CPU autocast off \(fp32\))? \| 1 \| 4\.00 \| 1\.00 \| 50\.00% \|", r.stdout)
-    row = re.search(r"\| ours: simple_cnn --train-per-class 9 --val-per-class 3 --device cpu, 1 x the peer's time \| "
+    # ours on the peer's images, train + val, unless told otherwise
+    row = re.search(r"\| ours: simple_cnn --train-per-class 9 --val-per-class 3 --device cpu --train-on-val, 1 x the "
+                    r"peer's time \| "
                     r"\d+ \| ([0-9.]+) \([0-9.]+ \+ [0-9.]+\) \| ([0-9.]+) \| ([0-9.]+)% \| ([-+][0-9.]+) points \|",
                     r.stdout)
     assert row, r.stdout
@@ -48,6 +51,7 @@ def test_both_sides_in_one_table(tmp_path):
     assert delta == pytest.approx(acc - 50.0, abs=0.006)
     # our accuracy is what the written CSV scores against the official test labels, read here on their own
     (sub,) = (tmp_path / "runs").glob("*/submission.csv")
+    assert json.loads((sub.parent / "config.json").read_text())["train_on_val"] is True
     with open(tmp_path / "data" / "cifar-10-batches-py" / "test_batch", "rb") as f:
         truth = np.array(pickle.load(f, encoding="bytes")[b"labels"])
     labels = pd.read_csv(sub).sort_values("id")["label"].to_numpy()
@@ -70,12 +74,26 @@ def test_a_failing_peer_is_one_line_and_nothing_of_ours_runs(tmp_path, source, m
 def test_an_earlier_peer_result_is_used_and_the_peer_not_run_again(tmp_path):
     r = bench(tmp_path, "open('peer-ran', 'w').close()\n", options=["--peer-result", "0.25", "8"], model=None)
     assert r.returncode == 0, r.stderr[-800:]
-    assert "| ours: fast_cnn_s_muon --train-per-class" in r.stdout  # without --model, the recipe at CPU widths
+    assert "| ours: fast_cnn_muon --train-per-class" in r.stdout  # without --model, the record's recipe
     assert not (tmp_path / "peer-ran").exists() and not list((tmp_path / "runs").glob("peer-*.log"))
     assert re.search(r"\| peer: peer\.py(, CPU autocast off \(fp32\))?, an earlier run's figures \(--peer-result\) \| "
                      r"1 \| 8\.00 \| 1\.00 \| 25\.00% \|", r.stdout), r.stdout
     row = re.search(r"1 x the peer's time \| \d+ \| ([0-9.]+) \([0-9.]+ \+ [0-9.]+\) \| ([0-9.]+) \|", r.stdout)
     assert float(row[2]) == pytest.approx(float(row[1]) / 8, abs=0.01)
+
+
+def test_hold_out_val_trains_ours_on_the_train_part_alone(tmp_path):
+    r = bench(tmp_path, "open('peer-ran', 'w').close()\n", options=["--peer-result", "0.25", "2", "--hold-out-val"])
+    assert r.returncode == 0, r.stderr[-800:]
+    assert "| ours: simple_cnn --train-per-class 9 --val-per-class 3 --device cpu, 1 x the peer's time" in r.stdout
+    (config,) = (tmp_path / "runs").glob("*/config.json")
+    assert json.loads(config.read_text())["train_on_val"] is False
+
+
+def test_hold_out_val_with_train_on_val_is_one_line(tmp_path):
+    r = bench(tmp_path, "open('peer-ran', 'w').close()\n", options=["--hold-out-val"], extra=["--train-on-val"])
+    assert r.returncode == 2 and "--hold-out-val keeps val out" in r.stderr, r.stderr[-800:]
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "peer-ran").exists()
 
 
 @pytest.mark.parametrize("given", [["1.5", "8"], ["0.9", "0"]])
