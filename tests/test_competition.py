@@ -92,6 +92,13 @@ def test_final_fit_trains_on_every_labelled_image(cifar10_dir, train_main, predi
     code, out, err = run_cli(predict_main, ["--score"], capsys)
     assert code == 0, err
     assert "(simple_cnn, epoch 2, trained on train + val)" in out and "nan" not in out
+    code, _, err = run_cli(predict_main, ["--split", "val"], capsys)  # it learned them: no val score of it
+    assert code == 2 and "held no validation images out of its training" in err and err.count("\n") == 1
+    assert "val" not in json.loads((tmp_path / "runs" / "final" / "scores.json").read_text())
+    code, out, err = run_cli(predict_main, ["--report"], capsys)  # the build-vs-buy report of the final fit
+    assert code == 0, err
+    text = (tmp_path / "reports" / "cifar10_build_vs_buy.md").read_text()
+    assert "| Best validation accuracy | none: no images held out" in text and "nan" not in text.lower()
 
 
 def test_pseudo_labels_add_only_confident_test_images_with_their_labels(members, train_main, capsys, tmp_path,

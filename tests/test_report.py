@@ -96,6 +96,15 @@ def test_report_sections_figures_and_regeneration(tmp_path):
         assert (tmp_path / "a" / f"cifar10_{fig}.png").read_bytes() == (tmp_path / "b" / f"cifar10_{fig}.png").read_bytes()
 
 
+def test_a_run_without_val_images_reports_none_and_plots_train_alone(tmp_path):
+    kw = fake_run(tmp_path, 0.9)
+    kw["run"]["log"][["val_loss", "val_acc"]] = float("nan")  # --train-on-val: no validation figure exists
+    path, _ = report.build_vs_buy(tmp_path, **kw)
+    text = path.read_text()
+    assert "| Best validation accuracy | none: no images held out" in text and "Training loss sits above" not in text
+    assert "nan" not in text.lower() and (tmp_path / "cifar10_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_weakest_classes_named(tmp_path):
     kw = fake_run(tmp_path, 1.0)
     kw["preds"][kw["labels"] == 3] = 0  # class3 always wrong

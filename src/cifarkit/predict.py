@@ -146,6 +146,10 @@ def run(args):
     baseline = _baseline(args, first)
     if args.split == "val" and (args.report or args.submit):
         raise UserError("--split val scores the validation split; --report and --submit need the test split")
+    held_none = [p for p, c in zip(paths, ckpts) if math.isnan(c["val_acc"])]
+    if args.split == "val" and held_none:  # it learned the val images: its val score would flatter it
+        raise UserError(f"{held_none[0]} held no validation images out of its training (--train-on-val or "
+                        "--val-per-class 0), so --split val cannot score it: score the test split (--score)")
     device = runtime.pick_device(args.device)
     amp = models.amp_dtype(first["model"], device, args.amp)
     split_dir = Path(args.split_dir or first["split_dir"])

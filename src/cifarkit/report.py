@@ -57,11 +57,12 @@ def _save(fig, path):
 
 
 def plot_curves(log, path, title):
-    """Loss and accuracy per epoch, train vs val, side by side."""
+    """Loss and accuracy per epoch, train vs val, side by side (train alone for a run without val images)."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
         ax.plot(log["epoch"], log[f"train_{metric}"], "o-", label="train")
-        ax.plot(log["epoch"], log[f"val_{metric}"], "o-", label="val")
+        if log[f"val_{metric}"].notna().any():
+            ax.plot(log["epoch"], log[f"val_{metric}"], "o-", label="val")
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy" if metric == "acc" else "loss")
         if metric == "acc":
@@ -71,6 +72,23 @@ def plot_curves(log, path, title):
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+def best_val(log):
+    """The log's best validation accuracy and its epoch; a final fit on train + val has none to give."""
+    if log["val_acc"].isna().all():
+        return "none: no images held out (a final fit: --train-on-val or --val-per-class 0)"
+    return f"{log['val_acc'].max():.2%} (epoch {int(log.loc[log['val_acc'].idxmax(), 'epoch'])})"
+
+
+def curves_text(log):
+    """What the training curves can and cannot say."""
+    if log["val_acc"].isna().all():
+        return ("Training accuracy here is on augmented, label-smoothed batches of the images the model learns from; "
+                "this run held none out, so the test set above is its only independent figure.")
+    return ("Training loss sits above validation loss because training images are augmented (random crops and "
+            "flips) and the\nloss is label-smoothed; validation accuracy levelling off shows where more epochs stop "
+            "paying.")
 
 
 # --- statistics ---------------------------------------------------------------------------------
@@ -336,7 +354,7 @@ def build_vs_buy(out_dir, *, labels, preds, classes, corrupted, run, timing, pre
         ["Checkpoint size on disk", f"{run['size_bytes'] / 1e6:.1f} MB"],
         ["Training", f"{len(log)} epochs, {log['train_seconds'].iloc[-1] / 60:.1f} min of training on "
                      f"{'the CPU' if run['device'] == 'cpu' else run['device']} (from the run's log)"],
-        ["Best validation accuracy", f"{log['val_acc'].max():.2%} (epoch {int(log.loc[log['val_acc'].idxmax(), 'epoch'])})"],
+        ["Best validation accuracy", best_val(log)],
     ], ["", "our model"])
     robust, held_table = _robustness(acc, corrupted, held_out, baseline)
     example_fig = (f"\n![One image per corruption: what each severity looks like]({figs['examples']})\n"
@@ -424,8 +442,7 @@ severity, stated in plain units: pixel levels of 0-255, pixels, JPEG quality):
 
 ![Training curves]({figs['curves']})
 
-Training loss sits above validation loss because training images are augmented (random crops and flips) and the
-loss is label-smoothed; validation accuracy levelling off shows where more epochs stop paying.
+{curves_text(log)}
 
 ## Measured on this machine (timings; these change from run to run)
 
