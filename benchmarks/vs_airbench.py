@@ -221,8 +221,7 @@ def main():
     if not a.fractions and not a.time_budget:
         raise UserError("nothing of ours to run: give --fractions or a --time-budget above 0")
     # an unknown train.py flag or model fails now, not after the peer's minutes
-    _, unknown = train_cli.parser().parse_known_args(["--dataset", "cifar10", "--data-dir", str(data),
-                                                               *a.extra])
+    _, unknown = train_cli.parser().parse_known_args(["--dataset", "cifar10", "--data-dir", str(data), *a.extra])
     if unknown:
         raise UserError(f"train.py has no {' '.join(unknown)} (the flags after -- go to train.py)")
     models.entry(a.model)
