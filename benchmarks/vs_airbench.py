@@ -184,8 +184,9 @@ def main():
                    help="the peer's figures from an earlier run on this machine (its result line, e.g. 0.9388 4466): "
                         "the peer is not run again")
     p.add_argument("--model", default="fast_cnn_muon",
-                   help="our model (see train.py --list-models): by default the record's recipe at its widths, ahead "
-                        "of fast_cnn_s_muon at the peer's time on both CPUs measured (README, 'The speed recipe')")
+                   help="our model (see train.py --list-models): by default fast_cnn_muon, the record's recipe at its "
+                        "widths, ahead of fast_cnn_s_muon at the peer's time on both CPUs measured (README, 'The "
+                        "speed recipe')")
     p.add_argument("--hold-out-val", action="store_true",
                    help="train ours on the split's 45,000 training images alone (by default on train + val, the "
                         "peer's 50,000)")
@@ -215,17 +216,18 @@ def main():
         raise UserError("--peer-kind original: the published script needs a CUDA GPU; on a CPU run its CPU port")
     if any(f == "--experiment" or f.startswith("--experiment=") for f in a.extra):
         raise UserError("--experiment: this benchmark names its runs itself (a dated folder each, under --output)")
-    if a.hold_out_val and "--train-on-val" in a.extra:
-        raise UserError("--hold-out-val keeps val out of our training, and --train-on-val after -- trains on it: "
-                        "give one")
     if not a.fractions and not a.time_budget:
         raise UserError("nothing of ours to run: give --fractions or a --time-budget above 0")
     # an unknown train.py flag or model fails now, not after the peer's minutes
-    _, unknown = train_cli.parser().parse_known_args(["--dataset", "cifar10", "--data-dir", str(data), *a.extra])
+    train_args, unknown = train_cli.parser().parse_known_args(["--dataset", "cifar10", "--data-dir", str(data),
+                                                               *a.extra])
     if unknown:
         raise UserError(f"train.py has no {' '.join(unknown)} (the flags after -- go to train.py)")
+    if a.hold_out_val and train_args.train_on_val:
+        raise UserError("--hold-out-val keeps val out of our training, and --train-on-val after -- trains on it: "
+                        "give one")
     models.entry(a.model)
-    if not a.hold_out_val and "--train-on-val" not in a.extra:
+    if not a.hold_out_val and not train_args.train_on_val:
         a.extra.append("--train-on-val")
 
     original = a.peer_kind == "original"  # a GPU script: no CPU autocast to turn off

@@ -36,6 +36,20 @@ def by_hand(path, images):
         return model(x).float().softmax(1).numpy()
 
 
+def test_val_split_goes_by_the_images_held_out_not_a_missing_val_figure(members, predict_main, capsys, tmp_path):
+    """A last.pt saved within epoch 1 has no val figure yet, but its run held val out: --split val scores it. A
+    checkpoint from before train.py recorded the count is judged by its NaN val_acc, as a best.pt of a final fit."""
+    ckpt = checkpoint.load(members[0])
+    assert ckpt["val_images"] == 30
+    checkpoint.save(tmp_path / "early.pt", dict(ckpt, val_acc=float("nan")))
+    code, out, err = run_cli(predict_main, ["--checkpoint", str(tmp_path / "early.pt"), "--split", "val"], capsys)
+    assert code == 0 and "val accuracy " in out and "before its first validation" in out, err
+    old = {k: v for k, v in ckpt.items() if k != "val_images"}
+    checkpoint.save(tmp_path / "old.pt", dict(old, val_acc=float("nan")))
+    code, _, err = run_cli(predict_main, ["--checkpoint", str(tmp_path / "old.pt"), "--split", "val"], capsys)
+    assert code == 2 and "old.pt held no validation images out of its training" in err
+
+
 def test_ensemble_averages_the_members_probabilities(members, predict_main, capsys, tmp_path):
     code, out, err = run_cli(predict_main, ["--checkpoint", *map(str, members), "--save-probs", "probs.csv",
                                             "--no-amp", "--device", "cpu"], capsys)  # as by_hand: 5e-5 off on a GPU

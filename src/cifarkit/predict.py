@@ -104,6 +104,13 @@ def load_model(ckpt, device, channels_last=True):
     return model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def held_out(ckpt):
+    """How many of the split's labelled images the model never trained on: 0 after --train-on-val. A checkpoint
+    from before train.py recorded it says so only as a best.pt: its val_acc is NaN where no val images existed
+    (a last.pt saved within epoch 1 has NaN too, so the count is the one to trust)."""
+    return ckpt.get("val_images", 0 if math.isnan(ckpt["val_acc"]) else None)
+
+
 def _members(args):
     """The checkpoints to predict with (newest run's best.pt by default), all of one data set and class list."""
     paths = [Path(c) for c in args.checkpoint] if args.checkpoint else [checkpoint.newest(args.output, args.dataset)]
@@ -146,7 +153,7 @@ def run(args):
     baseline = _baseline(args, first)
     if args.split == "val" and (args.report or args.submit):
         raise UserError("--split val scores the validation split; --report and --submit need the test split")
-    held_none = [p for p, c in zip(paths, ckpts) if math.isnan(c["val_acc"])]
+    held_none = [p for p, c in zip(paths, ckpts) if held_out(c) == 0]
     if args.split == "val" and held_none:  # it learned the val images: its val score would flatter it
         raise UserError(f"{held_none[0]} held no validation images out of its training (--train-on-val or "
                         "--val-per-class 0), so --split val cannot score it: score the test split (--score)")
@@ -164,7 +171,8 @@ def run(args):
     probs = torch.stack([probabilities(c, m, images, device, models.amp_dtype(c["model"], device, args.amp), args.tta)
                          for c, m in members]).mean(0).cpu()
     labels = probs.argmax(1).numpy()
-    val = "trained on train + val" if math.isnan(first["val_acc"]) else f"val acc {first['val_acc']:.4f}"
+    val = ("trained on train + val" if held_out(first) == 0 else "before its first validation"
+           if math.isnan(first["val_acc"]) else f"val acc {first['val_acc']:.4f}")
     what = (f"{paths[0]} ({first['model']}, epoch {first['epoch']}, {val})" if len(paths) == 1
             else f"the average of {len(paths)} checkpoints' probabilities")
     if args.save_probs:

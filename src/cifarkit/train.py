@@ -337,7 +337,8 @@ def setup(args):
 
     meta = dict(model=args.model, num_classes=len(classes), classes=classes, mean=mean, std=std,
                 img_size=args.img_size, model_kwargs=args.model_kwargs, normalised_with=stats, dataset=args.dataset, split_dir=str(split_dir),
-                seed=args.seed, split_seed=args.split_seed, device=str(device), train_per_class=s["manifest"]["train_per_class"], val_per_class=s["manifest"]["val_per_class"])
+                seed=args.seed, split_seed=args.split_seed, device=str(device), train_per_class=s["manifest"]["train_per_class"], val_per_class=s["manifest"]["val_per_class"],
+                val_images=len(val_y))  # 0: nothing held out of training (--train-on-val), no val score to give
     config = dict(vars(args), run_dir=str(run_dir), split_dir=str(split_dir), device=str(device),
                   amp=str(amp).removeprefix("torch.") if amp else "off", mean=mean, std=std, normalised_with=stats,
                   num_classes=len(classes), train_images=len(train_y), val_images=len(val_y),
