@@ -24,8 +24,9 @@ def parser():
     p.add_argument("--submission", default="submissions/submission.csv", help="CSV to write")
     p.add_argument("--label-format", choices=["index", "name"], default="index",
                    help="integer class labels, or class names (Kaggle CIFAR-10 style)")
-    p.add_argument("--tta", nargs="?", const="flip", default=None, choices=list(predict.TTA),
-                   help="test-time augmentation: --tta alone = flip; " + "; ".join(f"{k}: {v}" for k, v in predict.TTA.items()))
+    p.add_argument("--tta", nargs="?", const=predict.TTA_DEFAULT, default=None, choices=list(predict.TTA),
+                   help=f"test-time augmentation: --tta alone = {predict.TTA_DEFAULT}; "
+                        + "; ".join(f"{k}: {v}" for k, v in predict.TTA.items()))
     p.add_argument("--split", choices=["test", "val"], default="test",
                    help="test: predict the hidden test split and write the submission; val: score the validation "
                         "split instead (choose ensemble members without touching the test set)")

@@ -79,7 +79,11 @@ def test_score_is_recorded_for_the_leaderboard(members, predict_main, capsys, tm
     assert code == 0, err
     acc = float(out.split("test accuracy ")[1].split()[0])
     scores = json.loads((members[1].parent / "scores.json").read_text())
-    assert scores["test"] == {"acc": pytest.approx(acc), "checkpoint": "best.pt", "tta": "flip"}
+    assert scores["test"] == {"acc": pytest.approx(acc), "checkpoint": "best.pt", "tta": "flip_shift_unsure"}
+    alone = pd.read_csv(tmp_path / "submissions" / "submission.csv")  # --tta alone is flip_shift_unsure, whole
+    code, _, err = run_cli(predict_main, ["--checkpoint", str(members[1]), "--tta", "flip_shift_unsure"], capsys)
+    assert code == 0, err
+    assert alone.equals(pd.read_csv(tmp_path / "submissions" / "submission.csv"))
 
 
 def test_members_must_share_their_classes(members, cifar100_dir, train_main, predict_main, capsys, tmp_path):
