@@ -6,6 +6,8 @@ cifarkit (the top)
   test_train_missing_data_offline, test_offline_hub_without_file_says_what_to_do
 - "`--time-budget 600`" (the best model in ten minutes) -> below, TestTraining.
   test_time_budget_fits_the_schedule_and_stops_the_run
+- "the CPU has no native bf16 (train.py says so when it starts): take `--model fast_cnn_s_muon`" -> test_speed_recipe.py::
+  test_a_cpu_without_native_bf16_is_pointed_at_fast_cnn_s_muon
 What it does
 - "checked: header, ids, labels in range" -> test_submission.py::test_malformed_files_are_refused
 Data

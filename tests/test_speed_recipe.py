@@ -236,6 +236,21 @@ def _parse(argv):
 
 
 @pytest.mark.parametrize("native", [False, True])
+def test_a_cpu_without_native_bf16_is_pointed_at_fast_cnn_s_muon(monkeypatch, cifar10_dir, tmp_path, native):
+    """README's ten-minute command trains fast_cnn_muon; where the CPU would run it in fp32 (1.7x slower than
+    fast_cnn_s_muon there), the set-up message says which model to take instead."""
+    from cifarkit import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    base = ["--dataset", "cifar10", "--data-dir", str(cifar10_dir), *SMALL, "--output", str(tmp_path)]
+    said = [n for n in train.setup(_parse([*base, *NARROW, "--experiment", "a"])).notes if "native bf16" in n]
+    assert said == ([] if native else ["this CPU has no native bf16 (neither avx512_bf16 nor amx_bf16): "
+                                       "--model fast_cnn_s_muon trains faster here than fast_cnn_muon"])
+    r = train.setup(_parse([*base, "--model", "fast_cnn_s_muon", "--experiment", "b"]))
+    assert not [n for n in r.notes if "native bf16" in n]  # already the CPU's choice
+
+
+@pytest.mark.parametrize("native", [False, True])
 def test_muon_orthogonalises_in_fp32_where_the_cpu_lacks_native_bf16(monkeypatch, native):
     """timm orthogonalises in bf16, emulated (10x slower) on a CPU without native bf16: there the step is the
     fp32 Newton-Schulz update to float rounding; with native bf16 it is timm's own bf16 one."""

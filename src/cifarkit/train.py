@@ -282,6 +282,10 @@ def setup(args):
         notes.append(models.load_initial(model, init_state, args.initial_checkpoint, args.model))
     mean, std, stats = _stats(args, train_x, init_ckpt, saved)
     amp = models.amp_dtype(args.model, device, args.amp)
+    faster = models.entry(args.model).defaults.get("without_native_bf16")
+    if faster and device.type == "cpu" and not runtime.cpu_has_native_bf16():
+        notes.append(f"this CPU has no native bf16 (neither avx512_bf16 nor amx_bf16): --model {faster} trains "
+                     f"faster here than {args.model}")
     if args.sync_bn and dist.world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
