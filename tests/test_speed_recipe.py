@@ -199,15 +199,15 @@ def test_a_cpu_takes_batches_over_1000_in_chunks_by_default(cifar10_dir, tmp_pat
     assert train.setup(_parse([*base, "-b", "2000", "--micro-batch", "0", "--experiment", "c"])).args.micro_batch == 0
 
 
-def test_a_cpu_trains_fast_cnn_muon_in_batches_of_1000_unless_told(cifar10_dir, tmp_path):
-    """The record's batches of 2000 at Muon rate 0.24 on a GPU; on a CPU 1000 at 0.17, unless -b asks for
+def test_a_cpu_trains_both_muon_models_in_batches_of_1000_unless_told(cifar10_dir, tmp_path):
+    """The record's batches of 2000 at Muon rate 0.24 on a GPU; on a CPU 1000 at 0.17 (both widths), unless -b asks for
     another batch (the rate goes with its batch); an --lr given wins either way."""
     base = ["--dataset", "cifar10", "--data-dir", str(cifar10_dir), *SMALL[:4], "--device", "cpu", *NARROW]
     r = train.setup(_parse([*base, "--output", str(tmp_path), "--experiment", "cpu"]))
     assert (r.args.batch_size, r.args.lr, r.args.micro_batch) == (1000, 0.17, 0)  # whole: no chunks needed
     for cpu, want in ((False, dict(batch_size=2000, lr=0.24)), (True, dict(batch_size=1000, lr=0.17))):
         assert {k: train.recipe_defaults("fast_cnn_muon", cpu)[k] for k in want} == want
-    assert train.recipe_defaults("fast_cnn_s_muon", cpu=True) == train.recipe_defaults("fast_cnn_s_muon")
+        assert {k: train.recipe_defaults("fast_cnn_s_muon", cpu)[k] for k in want} == want  # the CPU's choice too
     got = train.resolve(_parse(["--model", "fast_cnn_muon"]), cpu=True)
     assert (got.batch_size, got.lr, got.weight_decay, got.epochs) == (1000, 0.17, 2e-6, 8)
     got = train.resolve(_parse(["--model", "fast_cnn_muon", "--lr", "0.2"]), cpu=True)
