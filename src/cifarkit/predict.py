@@ -27,7 +27,7 @@ TTA = {"flip": "average with the horizontally flipped image",
        "flip_shift_unsure": "flip_shift's 6 views for the least sure fifth of the images only (smallest "
                             "margin between the top two classes), 1 view for the rest: twice the cost of none"}
 UNSURE_SHARE = 0.2  # of the images, the least sure: as accurate as flip_shift on three CIFAR-10 checkpoints (README)
-TTA_DEFAULT = "flip_shift_unsure"  # `--tta` alone: flip's cost, and ahead of flip on every checkpoint measured (README)
+TTA_DEFAULT = "flip_shift_unsure"  # `--tta` alone: flip's cost, ahead of flip wherever both were measured (README)
 
 
 def _views(x, tta):

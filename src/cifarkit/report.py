@@ -61,7 +61,7 @@ def plot_curves(log, path, title):
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
         ax.plot(log["epoch"], log[f"train_{metric}"], "o-", label="train")
-        if log[f"val_{metric}"].notna().any():
+        if not _no_val(log):
             ax.plot(log["epoch"], log[f"val_{metric}"], "o-", label="val")
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy" if metric == "acc" else "loss")
@@ -74,16 +74,21 @@ def plot_curves(log, path, title):
     _save(fig, path)
 
 
+def _no_val(log):
+    """A final fit (--train-on-val or --val-per-class 0): every epoch's validation figure is empty."""
+    return log["val_acc"].isna().all()
+
+
 def best_val(log):
     """The log's best validation accuracy and its epoch; a final fit on train + val has none to give."""
-    if log["val_acc"].isna().all():
+    if _no_val(log):
         return "none: no images held out (a final fit: --train-on-val or --val-per-class 0)"
     return f"{log['val_acc'].max():.2%} (epoch {int(log.loc[log['val_acc'].idxmax(), 'epoch'])})"
 
 
 def curves_text(log):
     """What the training curves can and cannot say."""
-    if log["val_acc"].isna().all():
+    if _no_val(log):
         return ("Training accuracy here is on augmented, label-smoothed batches of the images the model learns from; "
                 "this run held none out, so the test set above is its only independent figure.")
     return ("Training loss sits above validation loss because training images are augmented (random crops and "
