@@ -2,6 +2,7 @@
 for the rest, the whitening bias trained early only; each reproducible from (seed, epoch, batch) and resumable."""
 
 import argparse
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -12,7 +13,8 @@ import torch
 
 from cifarkit import models, train
 from cifarkit.augment import RECIPES, alternating_flips
-from cifarkit.loader import DeviceLoader, Normalize
+from cifarkit.errors import UserError
+from cifarkit.loader import DeviceLoader, EasySkip, Normalize
 from cifarkit.predict import evaluate
 
 from conftest import FAULT_STEPS, ROOT, assert_pages_reused, fault_counts, load_script, resumes_as_if_never_stopped
@@ -229,6 +231,73 @@ def test_micro_batches_resume_exactly_and_chunk_every_step(cifar10_dir, train_ma
     r.model.register_forward_pre_hook(lambda m, a: calls.append(len(a[0])) if m.training else None)
     train.train_one_epoch(r, train.Writer(r))
     assert calls == [6, 5, 5] * len(r.train_loader)
+
+
+def test_skip_easy_leaves_out_only_the_easier_half_at_its_rate():
+    """Epoch 1 trains every image; from epoch 2 the harder half (higher loss when last seen) always trains and each
+    image of the easier half sits out with probability P; the choice is the same from (seed, epoch, losses)."""
+    loss = torch.rand(10_000, generator=torch.Generator().manual_seed(3))
+    skip = EasySkip(0.6, seed=1)
+    assert skip.choose(loss, 1) is None and EasySkip(0.0, seed=1).choose(loss, 2) is None
+    keep = skip.choose(loss, 2)
+    hard = torch.zeros(10_000, dtype=torch.bool)
+    hard[loss.argsort()[5000:]] = True
+    assert keep[hard].all()
+    assert 0.37 < keep[~hard].float().mean() < 0.43  # 1 - P of the easier half stays
+    assert torch.equal(keep, skip.choose(loss.clone(), 2)) and not torch.equal(keep, skip.choose(loss, 3))
+    never_seen = torch.full((10,), float("inf"))
+    never_seen[:5] = 0.0
+    assert EasySkip(0.99, seed=1).choose(never_seen, 2)[5:].all()  # an image not yet trained on counts as hard
+
+
+def test_an_epoch_with_images_left_out_takes_the_others_with_their_own_draws():
+    """With `keep`, an epoch's batches hold each kept image once and no other, each drawn (shift, mirror) as in
+    the full epoch, and batches re-made from a start are the same."""
+    images = torch.randint(0, 256, (64, 3, 32, 32), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    loader = shift_loader(images)
+    full = {int(i): x for xb, _, ib in loader.batches(2, with_index=True) for x, i in zip(xb, ib)}
+    loader.keep = torch.arange(64) % 3 != 0
+    assert len(loader) == -(-int(loader.keep.sum()) // 16)
+    got = list(loader.batches(2, with_index=True))
+    seen = torch.cat([ib for _, _, ib in got])
+    assert sorted(seen.tolist()) == torch.nonzero(loader.keep).flatten().tolist()
+    for xb, yb, ib in got:
+        assert torch.equal(yb, ib)  # shift_loader labels each image with its index
+        assert all(torch.equal(x, full[int(i)]) for x, i in zip(xb, ib))
+    again = list(loader.batches(2, start=1, with_index=True))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) for a, b in zip(got[1:], again))
+
+
+def test_skip_easy_runs_fewer_images_an_epoch_decays_to_zero_and_resumes_exactly(cifar10_dir, train_main, capsys,
+                                                                                 tmp_path):
+    """--skip-easy 0.6 for 4 epochs: from epoch 2 each epoch trains fewer images, the learning rate still reaches
+    (nearly) 0 at the end of epoch 4, and a run stopped at a mid-epoch save in epoch 3 (the epoch's choice and the
+    losses in last.pt) logs and ends where the uninterrupted run does."""
+    common = ["--dataset", "cifar10", "--data-dir", str(cifar10_dir), *SMALL, *NARROW, "--epochs", "4",
+              "--skip-easy", "0.6", "--checkpoint-interval", "1"]
+    sizes = []
+
+    def in_epoch_3(r):
+        sizes.append(len(r.train_loader))
+        if r.state.epoch < 3 or r.state.batch != 1:
+            return False
+        assert r.state.keep is not None and 0 < int(r.state.keep.sum()) < 90
+        assert torch.isfinite(r.state.image_loss).sum() >= 80  # every image of epoch 1's 5 batches of 16
+        return True
+
+    whole = resumes_as_if_never_stopped(train_main, capsys, common, tmp_path / "runs", stop=in_epoch_3)
+    assert sizes[0] == 5 and max(sizes[5:]) < 5  # 90 images: 5 batches of 16, then only part of them
+    assert whole["lr"].iloc[-1] < 0.1 * whole["lr"].max()  # progress counts epochs, not steps of a full epoch
+    r = train.setup(_parse([*common, "--output", str(tmp_path / "runs"), "--experiment", "again"]))
+    assert r.skip is not None and r.state.image_loss.shape == (90,) and torch.isinf(r.state.image_loss).all()
+
+
+@pytest.mark.parametrize("flags, says", [(["--skip-easy", "1"], "probability in [0, 1)"),
+                                         (["--skip-easy", "0.5", "--aug", "albu"], "not --aug albu")])
+def test_skip_easy_refuses_what_it_cannot_do(cifar10_dir, tmp_path, flags, says):
+    argv = ["--dataset", "cifar10", "--data-dir", str(cifar10_dir), *SMALL, *NARROW, "--output", str(tmp_path), *flags]
+    with pytest.raises(UserError, match=re.escape(says)):
+        train.setup(_parse(argv))
 
 
 def _parse(argv):

@@ -65,9 +65,10 @@ class DeviceLoader:
         self.batch_size, self.normalize, self.recipe = batch_size, normalize, recipe
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
         self.shard = dist.shard if dist is not None else (lambda n: slice(0, n))
+        self.keep = None  # the images this epoch trains on (a bool mask, --skip-easy), or None: all
 
     def __len__(self):
-        n = len(self.y)
+        n = len(self.y) if self.keep is None else int(self.keep.sum())
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def noise_generator(self, epoch, batch):
@@ -77,13 +78,18 @@ class DeviceLoader:
     def __iter__(self):
         return self.batches(0)
 
-    def batches(self, epoch, start=0):
+    def batches(self, epoch, start=0, with_index=False):
+        """The epoch's batches (x, y), from batch `start`; with_index: (x, y, the images' indices).
+        With `keep` set, the epoch's draws are made for every image, then the others left out."""
         n = len(self.y)
         gen = generator(self.seed, epoch)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         plan = torch.cat([order[:, None], draw(self.recipe, n, gen, self.size)], 1)
         if self.recipe.alt_flip:
             plan[:, 3] = alternating_flips(self.seed, epoch, order)
+        if self.keep is not None:
+            plan = plan[self.keep[order]]
+            n = len(plan)
         noisy = plan[:, 6] == NOISE  # on the host: how many noise images each batch has, without a device sync
         plan = plan.to(self.x.device)  # one copy
         for i in range(start, len(self)):
@@ -103,7 +109,34 @@ class DeviceLoader:
             x = self.normalize(x)
             if self.recipe.cutout:
                 x = cutout(x, self.recipe.cutout, p[:, 3], p[:, 4])
-            yield self.normalize.resize(x), self.y[idx]
+            x = self.normalize.resize(x)
+            yield (x, self.y[idx], idx) if with_index else (x, self.y[idx])
+
+
+class EasySkip:
+    """--skip-easy P: from epoch 2, each image of the easier half of the training set (the lower loss when it was
+    last trained on) sits the epoch out with probability P, so an epoch costs 1 - P/2 of a full one; the harder
+    half always trains. In a time budget that buys more epochs of the images still being learnt (the idea of
+    InfoBatch and selective backprop, kept simple). The losses come free from each step's outputs and stay on the
+    device (no sync a step); each epoch's choice depends on (seed, epoch) and those losses, which last.pt keeps."""
+
+    def __init__(self, p, seed):
+        self.p, self.seed = p, seed
+
+    def choose(self, loss, epoch):
+        """The epoch's bool mask on the host, or None (all images) in epoch 1 and when P is 0."""
+        if epoch < 2 or not self.p:
+            return None
+        n = len(loss)
+        rank = torch.empty(n, dtype=torch.int64)
+        rank[loss.cpu().argsort(stable=True)] = torch.arange(n)
+        stay = torch.rand(n, generator=generator(self.seed, epoch, 10**6)) < 1 - self.p
+        return (rank >= n // 2) | stay
+
+    @staticmethod
+    def record(loss, idx, out, labels):
+        """Each image's cross-entropy from this step's outputs, in place (never seen: infinite, so hard)."""
+        loss[idx] = F.cross_entropy(out.detach().float(), labels, reduction="none")
 
 
 class _AlbuDataset(torch.utils.data.Dataset):

@@ -37,12 +37,12 @@ from .atomic import write_text
 from .augment import mixer
 from .augment import recipe as get_recipe
 from .errors import UserError
-from .loader import AlbuLoader, DeviceLoader, Normalize, channel_stats
+from .loader import AlbuLoader, DeviceLoader, EasySkip, Normalize, channel_stats
 from .predict import evaluate, inference_batch
 
 GLOBAL_DEFAULTS = dict(epochs=10, lr=0.05, batch_size=128, weight_decay=5e-4, aug="crop_flip",
                        label_smoothing=0.1, ema=False, img_size=None, freeze_epochs=0, backbone_lr_scale=1.0,
-                       frozen_stages=0, mixup=0.0, cutmix=0.0, optimizer="sgd", warmup=0.1)
+                       frozen_stages=0, mixup=0.0, cutmix=0.0, optimizer="sgd", warmup=0.1, skip_easy=0.0)
 # airbench94_muon's optimizer (fast_cnn_muon): Muon at --lr for the conv filters; SGD for the rest at rates per
 # image of the batch (the record sums its loss over the batch), --weight-decay per image too; the whitening
 # bias trains for the first 3/8 of the run only, its rate falling to 0 by then.
@@ -121,6 +121,10 @@ def resolve(args, cpu=False):
         raise UserError("--micro-batch must not be negative (0: the whole batch at once)")
     if args.mixup < 0 or args.cutmix < 0:
         raise UserError("--mixup and --cutmix alphas must not be negative")
+    if not 0 <= args.skip_easy < 1:
+        raise UserError("--skip-easy is a probability in [0, 1): 0 trains every image every epoch")
+    if args.skip_easy and get_recipe(args.aug).albu:
+        raise UserError("--skip-easy needs a batched augmentation on the device, not --aug albu")
     if args.pseudo_labels and not 0 < args.pseudo_threshold < 1:
         raise UserError("--pseudo-threshold must be between 0 and 1")
     if args.pseudo_labels and not Path(args.pseudo_labels).is_file():
@@ -168,6 +172,8 @@ class LoopState:
     loss_sum: float = 0.0
     correct: int = 0
     seen: int = 0
+    image_loss: object = None  # --skip-easy: each training image's loss when last trained on (a tensor)
+    keep: object = None  # --skip-easy: the images this epoch trains on (a bool tensor), None: all
 
     def next_epoch(self):
         self.epoch, self.batch, self.loss_sum, self.correct, self.seen = self.epoch + 1, 0, 0.0, 0, 0
@@ -199,6 +205,7 @@ class Run:
     criterion: object  # soft-target cross-entropy with mixing, else cross-entropy with label smoothing
     notes: list  # lines for the set-up message
     phase: tuple = None  # (frozen, parameters done with their schedule) the training wrapper was built for
+    skip: object = None  # EasySkip under --skip-easy, else None
 
     @property
     def eval_model(self):
@@ -207,7 +214,8 @@ class Run:
     def progress(self):
         if self.args.time_budget:
             return self.dist.max(self.state.train_seconds / self.args.time_budget)
-        return self.state.step / (self.args.epochs * len(self.train_loader))
+        # epochs done and the share of this one (whose length --skip-easy varies); step / all steps otherwise
+        return (self.state.epoch - 1 + self.state.batch / len(self.train_loader)) / self.args.epochs
 
 
 def _open_run(args, dist, device):
@@ -336,6 +344,8 @@ def setup(args):
         if device.type == "cuda" and ts.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(ts["cuda_rng"], device)
         state = LoopState(**ts["loop"])
+        if state.image_loss is not None:
+            state.image_loss = state.image_loss.to(device)
         if not dist.main:  # the saved running sums are all ranks'; rank 0 carries them on
             state.loss_sum, state.correct, state.seen = 0.0, 0, 0
 
@@ -349,8 +359,18 @@ def setup(args):
                   params=sum(p.numel() for p in model.parameters()), world_size=dist.world)
     mix = mixer(args.mixup, args.cutmix, args.label_smoothing, len(classes), args.seed)
     criterion = SoftTargetCrossEntropy() if mix else partial(F.cross_entropy, label_smoothing=args.label_smoothing)
+    skip = None
+    if args.skip_easy:
+        if dist.world > 1:
+            raise UserError("--skip-easy runs in one process for now (each rank sees only its share of the losses): "
+                            "leave it out under torchrun")
+        skip = EasySkip(args.skip_easy, args.seed)
+        if state.image_loss is None:
+            state.image_loss = torch.full((len(train_y),), float("inf"), device=device)
+        notes.append(f"--skip-easy {args.skip_easy:g}: from epoch 2 each image of the easier half sits the epoch out "
+                     f"with probability {args.skip_easy:g} (epochs of about {1 - args.skip_easy / 2:.0%} of the images)")
     return Run(args, run_dir, dist, device, amp, model, None, ema, opts, scaler, train_loader, val_loader,
-               meta, config, state, saved is not None, head, backbone, held, mix, criterion, notes)
+               meta, config, state, saved is not None, head, backbone, held, mix, criterion, notes, skip=skip)
 
 
 def _training_set(args, s, split_dir, device):
@@ -520,14 +540,22 @@ def train_one_epoch(r, writer):
     st, args = r.state, r.args
     set_phase(r)
     t0, before = time.perf_counter(), st.train_seconds
-    bar = writer.bar(r.train_loader.batches(st.epoch, st.batch), len(r.train_loader), st.batch,
+    if r.skip:
+        if st.batch == 0:  # a mid-epoch resume keeps its epoch's choice
+            st.keep = r.skip.choose(st.image_loss, st.epoch)
+            if st.keep is not None and r.train_loader.drop_last and st.keep.sum() < args.batch_size:
+                st.keep = None  # too few images left for one batch: the epoch takes them all
+        r.train_loader.keep = st.keep
+    batches = (r.train_loader.batches(st.epoch, st.batch, with_index=True) if r.skip  # DeviceLoader's alone
+               else r.train_loader.batches(st.epoch, st.batch))
+    bar = writer.bar(batches, len(r.train_loader), st.batch,
                      f"epoch {st.epoch}" + ("" if args.time_budget else f"/{args.epochs}"))
     live = not bar.disable  # tqdm leaves disable None on a terminal
     # Running sums stay on the device: reading them each step would stall a GPU once per step.
     loss_sum = torch.tensor(st.loss_sum, dtype=torch.float64, device=r.device)
     correct = torch.tensor(st.correct, dtype=torch.int64, device=r.device)
     lr = 0.0
-    for x, y in bar:
+    for x, y, *idx in bar:
         st.train_seconds = before + time.perf_counter() - t0
         progress = r.progress()
         if progress >= 1:
@@ -536,6 +564,8 @@ def train_one_epoch(r, writer):
         x, target = r.mix(x, y, st.epoch, st.batch) if r.mix else (x, y)
         r.model.zero_grad(set_to_none=True)
         out, loss = forward_backward(r, x, target)
+        if r.skip:
+            EasySkip.record(st.image_loss, idx[0], out, y)
         for opt in r.opts:
             r.scaler.step(opt)
         r.scaler.update()
