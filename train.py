@@ -64,7 +64,7 @@ def parser():
     p.add_argument("--skip-easy", type=float, default=None, metavar="P",
                    help="from epoch 2, each image of the easier half (the lower loss when last trained on) sits "
                         "the epoch out with probability P, so an epoch costs 1 - P/2: more epochs of the images "
-                        "still being learnt in a --time-budget (0 = off; default: the model's, see --list-models)")
+                        "still being learnt in a --time-budget (default 0: off; measured in README's speed recipe)")
     p.add_argument("--train-on-val", action="store_true",
                    help="the final fit: train on train + val (every labelled image) for the fixed schedule; no "
                         "validation figure exists, and best.pt holds the last epoch's weights")

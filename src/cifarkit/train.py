@@ -367,8 +367,9 @@ def setup(args):
         skip = EasySkip(args.skip_easy, args.seed)
         if state.image_loss is None:
             state.image_loss = torch.full((len(train_y),), float("inf"), device=device)
-        notes.append(f"--skip-easy {args.skip_easy:g}: from epoch 2 each image of the easier half sits the epoch out "
-                     f"with probability {args.skip_easy:g} (epochs of about {1 - args.skip_easy / 2:.0%} of the images)")
+        notes.append(f"--skip-easy {args.skip_easy:g}: from epoch 2 each image of the easier half sits the epoch "
+                     f"out with probability {args.skip_easy:g} (epochs of about {1 - args.skip_easy / 2:.0%} of the "
+                     f"images)")
     return Run(args, run_dir, dist, device, amp, model, None, ema, opts, scaler, train_loader, val_loader,
                meta, config, state, saved is not None, head, backbone, held, mix, criterion, notes, skip=skip)
 
