@@ -539,14 +539,14 @@ def train_one_epoch(r, writer):
     """The steps of one epoch, from where the state stands; stops early when progress reaches 1.
     Returns the epoch's last learning rate and its (loss sum, correct, images) over all ranks."""
     st, args = r.state, r.args
-    set_phase(r)
-    t0, before = time.perf_counter(), st.train_seconds
-    if r.skip:
+    if r.skip:  # before set_phase, whose progress reads this epoch's length
         if st.batch == 0:  # a mid-epoch resume keeps its epoch's choice
             st.keep = r.skip.choose(st.image_loss, st.epoch)
             if st.keep is not None and r.train_loader.drop_last and st.keep.sum() < args.batch_size:
                 st.keep = None  # too few images left for one batch: the epoch takes them all
         r.train_loader.keep = st.keep
+    set_phase(r)
+    t0, before = time.perf_counter(), st.train_seconds
     batches = (r.train_loader.batches(st.epoch, st.batch, with_index=True) if r.skip  # DeviceLoader's alone
                else r.train_loader.batches(st.epoch, st.batch))
     bar = writer.bar(batches, len(r.train_loader), st.batch,
