@@ -67,8 +67,17 @@ class DeviceLoader:
         self.shard = dist.shard if dist is not None else (lambda n: slice(0, n))
         self.keep = None  # the images this epoch trains on (a bool mask, --skip-easy), or None: all
 
+    @property
+    def keep(self):
+        return self._keep
+
+    @keep.setter
+    def keep(self, mask):
+        """Counted once here: the loop reads len() every step."""
+        self._keep, self._images = mask, len(self.y) if mask is None else int(mask.sum())
+
     def __len__(self):
-        n = len(self.y) if self.keep is None else int(self.keep.sum())
+        n = self._images
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def noise_generator(self, epoch, batch):
