@@ -86,6 +86,26 @@ def test_two_processes_equal_one_with_the_same_global_batch_whole_or_in_chunks(d
             assert log[col].tolist() == pytest.approx(log1[col].tolist(), rel=1e-4, abs=1e-6), f"{name}: {col}"
 
 
+def test_skip_easy_two_processes_leave_out_what_one_does(data, tmp_path, train_main):
+    """--skip-easy under torchrun: each rank records the losses of its own share, the ranks pool them at every save
+    and epoch's end, so both choose the same images and last.pt holds every image's loss, as one process does
+    (per-image normalisation, as above). Refused before; with each rank's own losses the ranks' choices differ."""
+    args = [*data, "--model", "convnext_atto", "--no-pretrained", "--epochs", "3", "-b", "16", "--seed", "5",
+            "--skip-easy", "0.6", "--checkpoint-interval", "2"]
+    code, out, err = finish(torchrun(*args, "--experiment", "two", cwd=tmp_path))
+    assert code == 0, err
+    train_main([*args, "--experiment", "one"])
+    one, two = (torch.load(tmp_path / "runs" / n / "last.pt", weights_only=True) for n in ("one", "two"))
+    keep = one["train_state"]["loop"]["keep"]
+    assert keep is not None and 0 < int(keep.sum()) < len(keep)  # epoch 3 left images out
+    assert torch.equal(two["train_state"]["loop"]["keep"], keep)
+    losses = two["train_state"]["loop"]["image_loss"]
+    assert torch.isfinite(losses).sum() >= 80  # every image of epoch 1's 5 batches of 16, from both ranks
+    torch.testing.assert_close(losses, one["train_state"]["loop"]["image_loss"], rtol=1e-4, atol=1e-5)
+    for k, v in one["state_dict"].items():
+        torch.testing.assert_close(two["state_dict"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
 def test_time_budget_stops_every_rank_cleanly(data, tmp_path):
     code, out, err = finish(torchrun(*data, "--model", "simple_cnn", "--time-budget", "4", "-b", "8",
                                      "--experiment", "budget", cwd=tmp_path))

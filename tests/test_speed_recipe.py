@@ -250,6 +250,26 @@ def test_skip_easy_leaves_out_only_the_easier_half_at_its_rate():
     assert EasySkip(0.99, seed=1).choose(never_seen, 2)[5:].all()  # an image not yet trained on counts as hard
 
 
+def test_skip_easy_ranks_pool_what_each_recorded():
+    """Under torchrun a rank's losses wait until the pool (an element-wise minimum over the ranks: two ranks
+    simulated here); then both ranks hold the new loss of every image either trained, and the old one of the rest."""
+    old = torch.tensor([0.5, float("inf"), 2.0, 3.0])
+    ranks = [EasySkip(0.6, seed=1, lowest=lambda t: t) for _ in range(2)]
+    losses = [old.clone(), old.clone()]
+    logits, labels = torch.tensor([[2.0, 0.0], [0.0, 0.0], [0.0, 3.0]]), torch.zeros(3, dtype=torch.int64)
+    ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    ranks[0].record(losses[0], torch.tensor([0, 1]), logits[:2], labels[:2])  # rank 0 trained images 0 and 1
+    ranks[1].record(losses[1], torch.tensor([3]), logits[2:], labels[2:])  # rank 1 image 3
+    assert all(torch.equal(loss, old) for loss in losses)  # nothing moves before the pool
+    sent = [skip.pending.clone() for skip in ranks]
+    for me in (0, 1):
+        ranks[me].lowest = lambda t, other=sent[1 - me]: torch.minimum(t, other, out=t)  # the all-reduce
+        ranks[me].pool(losses[me])
+    want = torch.stack([ce[0], ce[1], old[2], ce[2]])
+    assert torch.equal(losses[0], want) and torch.equal(losses[1], want)
+    assert all(torch.isinf(skip.pending).all() for skip in ranks)
+
+
 def test_an_epoch_with_images_left_out_takes_the_others_with_their_own_draws():
     """With `keep`, an epoch's batches hold each kept image once and no other, each drawn (shift, mirror) as in
     the full epoch, and batches re-made from a start are the same."""

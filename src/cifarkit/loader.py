@@ -127,10 +127,15 @@ class EasySkip:
     last trained on) sits the epoch out with probability P, so an epoch costs 1 - P/2 of a full one; the harder
     half always trains. In a time budget that buys more epochs of the images still being learnt (the idea of
     InfoBatch and selective backprop, kept simple). The losses come free from each step's outputs and stay on the
-    device (no sync a step); each epoch's choice depends on (seed, epoch) and those losses, which last.pt keeps."""
+    device (no sync a step); each epoch's choice depends on (seed, epoch) and those losses, which last.pt keeps.
 
-    def __init__(self, p, seed):
-        self.p, self.seed = p, seed
+    Under torchrun each rank trains only its share of an epoch's images, so with `lowest` (an in-place minimum
+    over the ranks) the losses a rank records wait in `pending` until `pool` hands every rank all of them: then
+    every rank chooses the same images, and rank 0's last.pt holds every image's loss."""
+
+    def __init__(self, p, seed, lowest=None):
+        self.p, self.seed, self.lowest = p, seed, lowest
+        self.pending = None  # under torchrun, this rank's losses since the last pool (infinite: none)
 
     def choose(self, loss, epoch):
         """The epoch's bool mask on the host, or None (all images) in epoch 1 and when P is 0."""
@@ -142,10 +147,28 @@ class EasySkip:
         stay = torch.rand(n, generator=generator(self.seed, epoch, 10**6)) < 1 - self.p
         return (rank >= n // 2) | stay
 
-    @staticmethod
-    def record(loss, idx, out, labels):
+    def record(self, loss, idx, out, labels):
         """Each image's cross-entropy from this step's outputs, in place (never seen: infinite, so hard)."""
-        loss[idx] = F.cross_entropy(out.detach().float(), labels, reduction="none")
+        self._into(loss)[idx] = F.cross_entropy(out.detach().float(), labels, reduction="none")
+
+    def pool(self, loss):
+        """Every rank's recorded losses into `loss` on every rank (each image trains on one rank an epoch), at the
+        epoch's end and before each mid-epoch save: a collective call, made by every rank at the same step."""
+        if self.lowest is None:
+            return
+        pending = self._into(loss)
+        self.lowest(pending)
+        new = torch.isfinite(pending)
+        loss[new] = pending[new]
+        pending.fill_(float("inf"))
+
+    def _into(self, loss):
+        """Where a step's losses go: `loss` itself in one process, this rank's pending ones under torchrun."""
+        if self.lowest is None:
+            return loss
+        if self.pending is None:
+            self.pending = torch.full_like(loss, float("inf"))
+        return self.pending
 
 
 class _AlbuDataset(torch.utils.data.Dataset):

@@ -121,6 +121,12 @@ class Dist:
             torch.distributed.all_reduce(tensor)
         return tensor
 
+    def lowest(self, tensor):
+        """The element-wise minimum of a tensor over all ranks, in place."""
+        if self.world > 1:
+            torch.distributed.all_reduce(tensor, torch.distributed.ReduceOp.MIN)
+        return tensor
+
     def broadcast(self, obj):
         """Rank 0's `obj` on every rank (a run name made from the clock, say)."""
         if self.world == 1:

@@ -361,10 +361,7 @@ def setup(args):
     criterion = SoftTargetCrossEntropy() if mix else partial(F.cross_entropy, label_smoothing=args.label_smoothing)
     skip = None
     if args.skip_easy:
-        if dist.world > 1:
-            raise UserError("--skip-easy runs in one process for now (each rank sees only its share of the losses): "
-                            "leave it out under torchrun")
-        skip = EasySkip(args.skip_easy, args.seed)
+        skip = EasySkip(args.skip_easy, args.seed, dist.lowest if dist.world > 1 else None)
         if state.image_loss is None:
             state.image_loss = torch.full((len(train_y),), float("inf"), device=device)
         notes.append(f"--skip-easy {args.skip_easy:g}: from epoch 2 each image of the easier half sits the epoch "
@@ -507,7 +504,10 @@ def set_phase(r):
 
 
 def _global_sums(r, loss_sum, correct):
-    """(loss sum, correct, images) of the epoch so far, over all ranks."""
+    """(loss sum, correct, images) of the epoch so far, over all ranks. Called by every rank before each save and
+    at the epoch's end, which is where --skip-easy's ranks pool their images' losses too."""
+    if r.skip:
+        r.skip.pool(r.state.image_loss)
     t = torch.stack([loss_sum, correct.double(), torch.tensor(float(r.state.seen), device=r.device, dtype=torch.float64)])
     loss, right, seen = r.dist.sum(t).tolist()
     return loss, int(round(right)), int(round(seen))
@@ -566,7 +566,7 @@ def train_one_epoch(r, writer):
         r.model.zero_grad(set_to_none=True)
         out, loss = forward_backward(r, x, target)
         if r.skip:
-            EasySkip.record(st.image_loss, idx[0], out, y)
+            r.skip.record(st.image_loss, idx[0], out, y)
         for opt in r.opts:
             r.scaler.step(opt)
         r.scaler.update()
