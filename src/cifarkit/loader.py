@@ -158,8 +158,7 @@ class EasySkip:
             return
         pending = self._into(loss)
         self.lowest(pending)
-        new = torch.isfinite(pending)
-        loss[new] = pending[new]
+        loss.copy_(torch.where(torch.isfinite(pending), pending, loss))  # no mask indexing: no host sync on a GPU
         pending.fill_(float("inf"))
 
     def _into(self, loss):
