@@ -1,6 +1,10 @@
 """The competition workflow around predict: ensembles, the validation split, saved probabilities, scores."""
 
+import contextlib
+import io
 import json
+import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -11,18 +15,36 @@ from cifarkit import checkpoint, split
 from cifarkit.loader import Normalize
 from cifarkit.predict import load_model
 
-from conftest import run_cli
+from conftest import load_script, run_cli, write_cifar10
 
 TINY = ["--dataset", "cifar10", "--train-per-class", "9", "--val-per-class", "3", "--epochs", "2", "-b", "16",
         "--device", "cpu", "--no-amp"]
 
 
+@pytest.fixture(scope="module")
+def trained_members(tmp_path_factory):
+    """Two runs of the same split, trained once for this module: simple_cnn, and fast_cnn_s at another input size
+    and normalisation."""
+    root = tmp_path_factory.mktemp("members")
+    data, main, cwd = write_cifar10(root / "src"), load_script("train").main, os.getcwd()
+    os.chdir(root)  # runs/ and data/ as in any test's own folder
+    try:
+        for name, extra in (("a", ["--model", "simple_cnn"]), ("b", ["--model", "fast_cnn_s", "--img-size", "40"])):
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+                try:
+                    main(["--data-dir", str(data), *TINY, *extra, "--experiment", name])
+                except SystemExit:
+                    pytest.fail(f"training member {name} failed: {err.getvalue()}")
+    finally:
+        os.chdir(cwd)
+    return root
+
+
 @pytest.fixture
-def members(cifar10_dir, train_main, capsys, tmp_path):
-    """Two runs of the same split: simple_cnn, and fast_cnn_s at another input size and normalisation."""
-    for name, extra in (("a", ["--model", "simple_cnn"]), ("b", ["--model", "fast_cnn_s", "--img-size", "40"])):
-        code, _, err = run_cli(train_main, ["--data-dir", str(cifar10_dir), *TINY, *extra, "--experiment", name], capsys)
-        assert code == 0, err
+def members(trained_members, tmp_path):
+    """The two runs and their split, copied into this test's folder: tests write scores.json beside them."""
+    for part in ("runs", "data"):
+        shutil.copytree(trained_members / part, tmp_path / part)
     return [tmp_path / "runs" / n / "best.pt" for n in ("a", "b")]
 
 

@@ -14,12 +14,14 @@ import pytest
 
 from cifarkit import predict
 from cifarkit.errors import UserError
-from conftest import FAULT_STEPS, ROOT, assert_pages_reused, fault_counts, write_cifar10
+from conftest import FAULT_STEPS, ROOT, assert_pages_reused, fault_counts, run_script, write_cifar10
 
 RESULT = "airbench94_muon (CPU port): 1 epochs, TTA test accuracy 0.5000, 4.0 s of training+eval"
 
 
-def bench(tmp_path, peer_source, extra=(), options=(), model="simple_cnn"):
+def bench(tmp_path, peer_source, extra=(), options=(), model="simple_cnn", capsys=None):
+    """The benchmark as a user runs it, in a fresh interpreter; with `capsys`, in this one, for the checks that end
+    before ours trains (a fresh one costs 4 s of imports a check, and its exit code is cli()'s either way)."""
     data = tmp_path / "data"
     write_cifar10(data)
     peer = tmp_path / "peer.py"
@@ -28,8 +30,11 @@ def bench(tmp_path, peer_source, extra=(), options=(), model="simple_cnn"):
             "--peer-epochs", "1", *(["--model", model] if model else []), "--fractions", "1", "--time-budget", "0",
             "--tta", "none", "--output", "runs", *options,
             "--", "--train-per-class", "9", "--val-per-class", "3", "--device", "cpu", *extra]
-    return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"), "HOME": str(tmp_path)})
+    if capsys is None:
+        return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True,
+                              env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src"), "HOME": str(tmp_path)})
+    code, out, err = run_script(argv[1:], capsys)
+    return subprocess.CompletedProcess(argv, code, out, err)
 
 
 def test_both_sides_in_one_table(tmp_path):
@@ -65,8 +70,8 @@ def test_both_sides_in_one_table(tmp_path):
     ("import sys\nprint('boom')\nsys.exit(3)\n", "exited with 3: boom"),
     ("print('trained, but said nothing we can read')\n", "printed no result: neither a line"),
 ])
-def test_a_failing_peer_is_one_line_and_nothing_of_ours_runs(tmp_path, source, message):
-    r = bench(tmp_path, source)
+def test_a_failing_peer_is_one_line_and_nothing_of_ours_runs(tmp_path, capsys, source, message):
+    r = bench(tmp_path, source, capsys=capsys)
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-800:]
     assert not (tmp_path / "runs").exists()
 
@@ -90,28 +95,29 @@ def test_hold_out_val_trains_ours_on_the_train_part_alone(tmp_path):
     assert json.loads(config.read_text())["train_on_val"] is False
 
 
-def test_hold_out_val_with_train_on_val_is_one_line(tmp_path):
-    r = bench(tmp_path, "open('peer-ran', 'w').close()\n", options=["--hold-out-val"], extra=["--train-on-val"])
+def test_hold_out_val_with_train_on_val_is_one_line(tmp_path, capsys):
+    r = bench(tmp_path, "open('peer-ran', 'w').close()\n", options=["--hold-out-val"], extra=["--train-on-val"],
+              capsys=capsys)
     assert r.returncode == 2 and "--hold-out-val keeps val out" in r.stderr, r.stderr[-800:]
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "peer-ran").exists()
 
 
 @pytest.mark.parametrize("given", [["1.5", "8"], ["0.9", "0"]])
-def test_a_peer_result_out_of_range_is_one_line(tmp_path, given):
-    r = bench(tmp_path, "open('peer-ran', 'w').close()\n", options=["--peer-result", *given])
+def test_a_peer_result_out_of_range_is_one_line(tmp_path, capsys, given):
+    r = bench(tmp_path, "open('peer-ran', 'w').close()\n", options=["--peer-result", *given], capsys=capsys)
     assert r.returncode == 2 and "--peer-result ACCURACY SECONDS" in r.stderr, r.stderr[-800:]
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("option", [["--peer-time-limit", "0"], ["--fractions", "0"]])
-def test_a_limit_that_is_not_positive_is_one_line(tmp_path, option):
-    r = bench(tmp_path, "open('peer-ran', 'w').close()\n", options=option)
+def test_a_limit_that_is_not_positive_is_one_line(tmp_path, capsys, option):
+    r = bench(tmp_path, "open('peer-ran', 'w').close()\n", options=option, capsys=capsys)
     assert r.returncode == 2 and "must be positive" in r.stderr, r.stderr[-800:]
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "peer-ran").exists()
 
 
-def test_a_flag_train_py_lacks_fails_before_the_peer_runs(tmp_path):
-    r = bench(tmp_path, "open('peer-ran', 'w').close()\n", extra=["--no-such-flag"])
+def test_a_flag_train_py_lacks_fails_before_the_peer_runs(tmp_path, capsys):
+    r = bench(tmp_path, "open('peer-ran', 'w').close()\n", extra=["--no-such-flag"], capsys=capsys)
     assert r.returncode == 2 and "train.py has no --no-such-flag" in r.stderr, r.stderr[-800:]
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "peer-ran").exists()
 
@@ -161,9 +167,9 @@ def test_peer_malloc_keep_gives_the_peer_our_malloc_setting(tmp_path, capsys, au
     assert_pages_reused(faults[False], faults[True])
 
 
-def test_peer_malloc_with_an_earlier_peer_result_is_one_line(tmp_path):
+def test_peer_malloc_with_an_earlier_peer_result_is_one_line(tmp_path, capsys):
     r = bench(tmp_path, "open('peer-ran', 'w').close()\n", options=["--peer-malloc", "keep", "--peer-result", "0.94",
-                                                                    "400"])
+                                                                    "400"], capsys=capsys)
     assert r.returncode == 2 and "--peer-malloc keep sets how the peer runs" in r.stderr, r.stderr[-800:]
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
 
@@ -224,7 +230,7 @@ def test_a_peer_stopped_before_its_first_run_is_one_line(cifar10_dir, tmp_path):
         load_bench().run_peer(peer, cifar10_dir, 8, True, None, tmp_path, time_limit=1)
 
 
-def test_the_original_needs_a_gpu(tmp_path):
-    r = bench(tmp_path, "open('peer-ran', 'w').close()\n", options=["--peer-kind", "original"])
+def test_the_original_needs_a_gpu(tmp_path, capsys):
+    r = bench(tmp_path, "open('peer-ran', 'w').close()\n", options=["--peer-kind", "original"], capsys=capsys)
     assert r.returncode == 2 and "--peer-kind original: the published script needs a CUDA GPU" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "peer-ran").exists()
