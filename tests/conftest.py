@@ -147,14 +147,19 @@ def trained(tmp_path_factory):
     argv = ["--dataset", "cifar10", "--model", "simple_cnn", "--data-dir", str(t.data), "--split-dir", str(t.split),
             "--train-per-class", "9", "--val-per-class", "3", "--epochs", "4", "-b", "16", "--lr", "0.05",
             "--output", str(t.output), "--experiment", "tiny", "--device", "cpu", "--no-amp"]
+    t.stdout = train_quietly(argv, "the shared run")
+    return t
+
+
+def train_quietly(argv, what):
+    """train.py's main(argv) for a fixture shared by several tests (no capsys there); returns its stdout."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             load_script("train").main(argv)
         except SystemExit:
-            pytest.fail(f"training the shared run failed: {err.getvalue()}")
-    t.stdout = out.getvalue()
-    return t
+            pytest.fail(f"training {what} failed: {err.getvalue()}")
+    return out.getvalue()
 
 
 def logits_by_hand(ckpt_path, images):
@@ -184,24 +189,18 @@ def run_cli(main, argv, capsys):
 
 def run_script(argv, capsys):
     """Run a script as `python ARGV` would, in this process (`-m MODULE` too): its `__main__` block, sys.argv and
-    sys.path as there; returns (exit code, stdout, stderr). Imports are already paid for here, so a check of the
-    arguments takes a fraction of a second instead of a fresh interpreter's seconds."""
+    sys.path as there; returns run_cli's (exit code, stdout, stderr). Imports are already paid for here, so a check
+    of the arguments takes a fraction of a second instead of a fresh interpreter's seconds."""
     module = argv[0] == "-m"
     target, args = (argv[1], argv[2:]) if module else (str(argv[0]), argv[1:])
     saved = sys.argv, sys.path[:]
     sys.argv = [target, *map(str, args)]
     try:
         if module:
-            runpy.run_module(target, run_name="__main__", alter_sys=True)
-        else:
-            runpy.run_path(target, run_name="__main__")
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            return run_cli(lambda _: runpy.run_module(target, run_name="__main__", alter_sys=True), [], capsys)
+        return run_cli(lambda _: runpy.run_path(target, run_name="__main__"), [], capsys)
     finally:
         sys.argv, sys.path[:] = saved
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 class _Stopped(Exception):

@@ -1,7 +1,5 @@
 """The competition workflow around predict: ensembles, the validation split, saved probabilities, scores."""
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -15,7 +13,7 @@ from cifarkit import checkpoint, split
 from cifarkit.loader import Normalize
 from cifarkit.predict import load_model
 
-from conftest import load_script, run_cli, write_cifar10
+from conftest import run_cli, train_quietly, write_cifar10
 
 TINY = ["--dataset", "cifar10", "--train-per-class", "9", "--val-per-class", "3", "--epochs", "2", "-b", "16",
         "--device", "cpu", "--no-amp"]
@@ -26,15 +24,11 @@ def trained_members(tmp_path_factory):
     """Two runs of the same split, trained once for this module: simple_cnn, and fast_cnn_s at another input size
     and normalisation."""
     root = tmp_path_factory.mktemp("members")
-    data, main, cwd = write_cifar10(root / "src"), load_script("train").main, os.getcwd()
+    data, cwd = write_cifar10(root / "src"), os.getcwd()
     os.chdir(root)  # runs/ and data/ as in any test's own folder
     try:
         for name, extra in (("a", ["--model", "simple_cnn"]), ("b", ["--model", "fast_cnn_s", "--img-size", "40"])):
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
-                try:
-                    main(["--data-dir", str(data), *TINY, *extra, "--experiment", name])
-                except SystemExit:
-                    pytest.fail(f"training member {name} failed: {err.getvalue()}")
+            train_quietly(["--data-dir", str(data), *TINY, *extra, "--experiment", name], f"member {name}")
     finally:
         os.chdir(cwd)
     return root
