@@ -58,6 +58,9 @@ The CIFAR ResNet-18 on a GPU
 The speed recipe: fast_cnn_muon
 - Muon for the filters at norm sqrt(outputs) (in fp32 where the CPU lacks native bf16), SGD at per-image rates, the
   whitening bias's 3/8, `shift_altflip`, a CPU's chunks of 1000 (`--micro-batch`), exact resume -> test_speed_recipe.py
+- `--skip-easy P`: the easier half sits out at rate P from epoch 2, an exact resume, torchrun pooling the losses ->
+  test_speed_recipe.py::test_skip_easy_*, test_distributed.py::test_skip_easy_two_processes_leave_out_what_one_does
+- the sittings' figures (here and in benchmarks/README.md) are measurements, printed by benchmarks/vs_airbench.py
 Predicting
 - "writes `submissions/submission.csv` ... and checks the file"; "`--score` prints accuracy against `solution.csv`" ->
   test_train_predict.py::test_predict_writes_the_models_argmax_and_scores_it
