@@ -61,6 +61,7 @@ The speed recipe: fast_cnn_muon
 - `--skip-easy P`: the easier half sits out at rate P from epoch 2, an exact resume, torchrun pooling the losses ->
   test_speed_recipe.py::test_skip_easy_*, test_distributed.py::test_skip_easy_two_processes_leave_out_what_one_does
 - the sittings' figures (here and in benchmarks/README.md) are measurements, printed by benchmarks/vs_airbench.py
+- "Seed tables ... are one command now" (`time_to_accuracy.py --seeds --compare`) -> test_time_to_accuracy.py
 Predicting
 - "writes `submissions/submission.csv` ... and checks the file"; "`--score` prints accuracy against `solution.csv`" ->
   test_train_predict.py::test_predict_writes_the_models_argmax_and_scores_it
