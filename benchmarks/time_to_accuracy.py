@@ -29,7 +29,7 @@ import predict as predict_cli  # noqa: E402
 import train as train_cli  # noqa: E402
 from cifarkit import predict  # noqa: E402
 from cifarkit import models, runtime  # noqa: E402
-from cifarkit.errors import UserError, cli  # noqa: E402
+from cifarkit.errors import HelpFormatter, UserError, cli  # noqa: E402
 from cifarkit.train import fit  # noqa: E402
 
 
@@ -53,10 +53,11 @@ def train_and_score(data_dir, model, budget, output, tta="flip", extra=()):
 
 
 def check_flags(flags, what):
-    """An unknown train.py flag fails before the first run, not after hours of runs."""
-    _, unknown = train_cli.parser().parse_known_args(["--data-dir", ".", *flags])
+    """train.py's settings from `flags`, so an unknown flag fails before the first run, not after hours of runs."""
+    args, unknown = train_cli.parser().parse_known_args(["--dataset", "cifar10", "--data-dir", ".", *flags])
     if unknown:
         raise UserError(f"train.py has no {' '.join(unknown)} ({what} go to train.py)")
+    return args
 
 
 def seed_table(a):
@@ -101,7 +102,7 @@ def seed_table(a):
 
 @cli
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--data-dir", required=True, help="folder with cifar-10-batches-py/ (or its .tar.gz)")
     p.add_argument("--model", default="fast_cnn", help="model to train (see train.py --list-models)")
     p.add_argument("--time-budget", default="600", help="seconds of training")

@@ -41,8 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import predict as predict_cli  # noqa: E402
-import train as train_cli  # noqa: E402
-from time_to_accuracy import train_and_score  # noqa: E402
+from time_to_accuracy import check_flags, train_and_score  # noqa: E402
 from cifarkit import models, predict, read, runtime  # noqa: E402
 from cifarkit.atomic import atomic_path  # noqa: E402
 from cifarkit.errors import HelpFormatter, UserError, cli  # noqa: E402
@@ -218,11 +217,7 @@ def main():
         raise UserError("--experiment: this benchmark names its runs itself (a dated folder each, under --output)")
     if not a.fractions and not a.time_budget:
         raise UserError("nothing of ours to run: give --fractions or a --time-budget above 0")
-    # an unknown train.py flag or model fails now, not after the peer's minutes
-    train_args, unknown = train_cli.parser().parse_known_args(["--dataset", "cifar10", "--data-dir", str(data),
-                                                               *a.extra])
-    if unknown:
-        raise UserError(f"train.py has no {' '.join(unknown)} (the flags after -- go to train.py)")
+    train_args = check_flags(a.extra, "the flags after --")  # an unknown flag fails now, not after the peer's minutes
     if a.hold_out_val and train_args.train_on_val:
         raise UserError("--hold-out-val keeps val out of our training, and --train-on-val after -- trains on it: "
                         "give one")

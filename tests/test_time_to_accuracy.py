@@ -45,8 +45,8 @@ def test_seeds_and_a_compared_flag_in_one_paired_table(tmp_path, capsys):
     assert sorted(scored) == [(0, False), (0, True), (1, False), (1, True)]
 
     table = out[out.index("| seed |"):]
-    assert "| seed | `simple_cnn --train-per-class 9 --val-per-class 3 --device cpu` | with `--lr 1e-6 --label-smoothing 0.3` " \
-           "| difference |" in table
+    assert ("| seed | `simple_cnn --train-per-class 9 --val-per-class 3 --device cpu` "
+            "| with `--lr 1e-6 --label-smoothing 0.3` | difference |") in table
     assert "TTA none, scored from each run's CSV) and epochs, --time-budget 1 on CPU (" in out
     rows = {line.split(" | ")[0][2:]: [c.strip(" |") for c in line.split(" | ")[1:]]
             for line in table.splitlines() if line.startswith("| ") and not line.startswith("| seed")}
