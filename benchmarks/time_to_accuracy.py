@@ -52,6 +52,11 @@ def train_and_score(data_dir, model, budget, output, tta="flip", extra=()):
                 predict_seconds=predict_seconds, device=cfg["device"], amp=cfg["amp"])
 
 
+def count(n, noun):
+    """"1 epoch", "5 epochs": a run the budget cuts to one epoch says so in English."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def check_flags(flags, what):
     """train.py's settings from `flags`, so an unknown flag fails before the first run, not after hours of runs."""
     args, unknown = train_cli.parser().parse_known_args(["--dataset", "cifar10", "--data-dir", ".", *flags])
@@ -73,8 +78,8 @@ def seed_table(a):
             r = train_and_score(a.data_dir, a.model, a.time_budget, a.output, a.tta,
                                 [*flags, "--seed", str(seed), "--experiment", name])
             acc[seed, k], epochs[seed, k] = r["acc"], r["epochs"]
-            print(f"seed {seed}{', with ' + a.compare if k else ''}: {r['acc']:.2%} test, {r['epochs']} epochs, "
-                  f"{r['train_seconds']:.0f} s of training, in {r['run']}", flush=True)
+            print(f"seed {seed}{', with ' + a.compare if k else ''}: {r['acc']:.2%} test, "
+                  f"{count(r['epochs'], 'epoch')}, {r['train_seconds']:.0f} s of training, in {r['run']}", flush=True)
     machine = runtime.device_name(torch.device(r["device"]))
     heads = [f"`{' '.join([a.model, *a.extra])}`"] + ([f"with `{a.compare}`", "difference"] if len(arms) > 1 else [])
     print(f"\nCIFAR-10 test accuracy (the official test set, TTA {a.tta}, scored from each run's CSV) and epochs, "

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_script, write_cifar10
+from conftest import ROOT, load_script, run_script, write_cifar10
 
 SMALL = ["--train-per-class", "9", "--val-per-class", "3", "--device", "cpu"]
 
@@ -65,6 +65,12 @@ def test_seeds_and_a_compared_flag_in_one_paired_table(tmp_path, capsys):
         assert got == pytest.approx(want, abs=0.006)
     assert rows["range"][0] == f"{min(columns[0]):.2f}-{max(columns[0]):.2f}%"
     assert rows["range"][2].startswith(f"ahead on {sum(d > 0.005 for d in diffs)} of 2 seeds, t = ")
+    # each run's own line as it finishes: its epochs as the table has them, "1 epoch" in the singular
+    lines = re.findall(r"^seed (\d)(, with [^:]+)?: [0-9.]+% test, (\d+) (epochs?), ", out, re.M)
+    assert len(lines) == 4 and all((word == "epoch") == (n == "1") for *_, n, word in lines), lines
+    for seed, compared, n, _ in lines:
+        assert rows[seed][bool(compared)].endswith(f"({n})")
+    assert load_script("benchmarks/time_to_accuracy").count(1, "epoch") == "1 epoch"
 
 
 @pytest.mark.parametrize("options, extra, says", [
